@@ -1,0 +1,536 @@
+"""Activation stores: create, append, open and validate.
+
+A store is an :class:`xarray.DataTree` saved as one netCDF4-compatible HDF5 file
+(see ``DESIGN.md``, "The store"):
+
+- the root holds the dimension ``sample`` (string ids, unlimited on disk), the
+  attributes ``format``, ``format_version``, ``model``, ``adapter``,
+  ``package_version`` and user metadata, and optionally ``pixels``
+  ``(sample, y, x, rgb)`` uint8;
+- one group per attention site, named by the site's stable name and written in
+  forward order, with ``q``, ``k``, ``v`` of dims ``(sample, [timestep,] head,
+  token, channel)``, optionally ``features`` ``(sample, [timestep,] token,
+  feature)``, coordinates ``token_y``, ``token_x``, ``token_kind`` and the site
+  attributes ``module``, ``order``, ``grid_h``, ``grid_w``, ``num_heads``,
+  ``head_dim``, ``scale``.
+
+Writing goes through :class:`StoreWriter`, which appends batch by batch with h5py
+and flushes after each batch, so that a crash loses at most the batch in flight.
+The file stays readable by ``xarray.open_datatree(path, engine="h5netcdf")``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from interpret_spectral.sites import AttentionSite
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "StoreError",
+    "StoreWriter",
+    "create_store",
+    "open_store",
+    "validate_store",
+    "site_names",
+    "sample_ids",
+]
+
+FORMAT = "interpret_spectral.store"
+FORMAT_VERSION = 1
+_STRING_DTYPE = "S"
+
+
+class StoreError(ValueError):
+    """A file or tree that is not a readable store of a supported version."""
+
+
+def _package_version() -> str:
+    from interpret_spectral import __version__
+
+    return __version__
+
+
+def _json_safe_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """netCDF attributes are numbers, strings or 1-D arrays; anything else goes to JSON text."""
+    safe: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        if isinstance(value, (bool, np.bool_)):
+            safe[key] = int(value)
+        elif isinstance(value, (str, int, float, np.integer, np.floating)):
+            safe[key] = value
+        elif isinstance(value, (list, tuple)) and value and all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in value
+        ):
+            safe[key] = np.asarray(value)
+        else:
+            safe[key] = json.dumps(value, default=str)
+    return safe
+
+
+class StoreWriter:
+    """Append-only writer of a store, in memory or on disk.
+
+    Use :func:`create_store` to make one.  :meth:`append` writes one batch;
+    :meth:`close` returns the store (an in-memory :class:`xarray.DataTree`, or the
+    lazily opened file).
+
+    On disk the file is written with h5netcdf's legacy API (netCDF4 layout, the
+    ``sample`` dimension unlimited) and flushed after every batch.
+    """
+
+    def __init__(
+        self,
+        sites: Sequence[AttentionSite],
+        *,
+        path: str | os.PathLike[str] | None = None,
+        capture: Sequence[str] = ("q", "k", "v"),
+        extra_dims: Mapping[str, Sequence[Any]] | None = None,
+        feature_dims: Mapping[str, int] | None = None,
+        attrs: Mapping[str, Any] | None = None,
+        dtype: str = "float32",
+        pixels_shape: tuple[int, int] | None = None,
+        resume: bool = False,
+    ) -> None:
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        if not sites:
+            raise ValueError("a store needs at least one attention site")
+        names = [site.name for site in sites]
+        if len(set(names)) != len(names):
+            raise ValueError(f"site names must be unique, got {names}")
+        unknown = set(capture) - {"q", "k", "v", "features"}
+        if unknown:
+            raise ValueError(f"capture must name q, k, v or features, got {sorted(unknown)}")
+        self.sites = sorted(sites, key=lambda s: s.order)
+        self.capture = tuple(capture)
+        self.extra_dims = {k: np.asarray(v) for k, v in (extra_dims or {}).items()}
+        self.feature_dims = dict(feature_dims or {})
+        self.dtype = np.dtype(dtype)
+        self.pixels_shape = pixels_shape
+        self.path = Path(path) if path is not None else None
+        self.root_attrs = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "package_version": _package_version(),
+            **(attrs or {}),
+        }
+        self._memory: list[dict[str, Any]] = []
+        self._file = None
+        self._written: list[str] = []
+        if self.path is not None:
+            self._open_file(resume)
+
+    # -- on-disk layout -----------------------------------------------------------------
+    def _var_dims(self, var: str) -> tuple[str, ...]:
+        extra = tuple(self.extra_dims)
+        if var == "features":
+            return ("sample", *extra, "token", "feature")
+        return ("sample", *extra, "head", "token", "channel")
+
+    def _var_shape(self, site: AttentionSite, var: str) -> tuple[int, ...]:
+        extra = tuple(len(v) for v in self.extra_dims.values())
+        if var == "features":
+            if site.name not in self.feature_dims:
+                raise ValueError(f"feature width of site {site.name!r} is unknown")
+            return (*extra, site.num_tokens, self.feature_dims[site.name])
+        return (*extra, site.num_heads, site.num_tokens, site.head_dim)
+
+    def _open_file(self, resume: bool) -> None:
+        import h5netcdf.legacyapi as netcdf
+
+        assert self.path is not None
+        if self.path.exists():
+            if not resume:
+                raise FileExistsError(
+                    f"{self.path} exists; pass resume=True to continue it, or choose another path"
+                )
+            existing = open_store(self.path)
+            self._check_compatible(existing)
+            self._written = list(map(str, existing["sample"].values))
+            existing.close()
+            self._file = netcdf.Dataset(self.path, "a")
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".partial")
+        f = netcdf.Dataset(tmp, "w")
+        f.attrs.update(_json_safe_attrs(self.root_attrs))
+        f.createDimension("sample", None)
+        sample = f.createVariable("sample", str, ("sample",))
+        sample.setncattr("long_name", "sample id")
+        for name, values in self.extra_dims.items():
+            f.createDimension(name, len(values))
+            if values.dtype.kind in "US":
+                coord = f.createVariable(name, str, (name,))
+                for i, value in enumerate(values):
+                    coord[i] = str(value)
+            else:
+                coord = f.createVariable(name, values.dtype, (name,))
+                coord[:] = values
+        if self.pixels_shape is not None:
+            f.createDimension("y", self.pixels_shape[0])
+            f.createDimension("x", self.pixels_shape[1])
+            f.createDimension("rgb", 3)
+            f.createVariable(
+                "pixels", "u1", ("sample", "y", "x", "rgb"),
+                chunksizes=(1, *self.pixels_shape, 3), zlib=True,
+            )
+        for site in self.sites:
+            group = f.createGroup(site.name)
+            group.attrs.update(_json_safe_attrs(site.attrs()))
+            group.createDimension("token", site.num_tokens)
+            group.createDimension("head", site.num_heads)
+            group.createDimension("channel", site.head_dim)
+            token_y, token_x = site.token_yx()
+            group.createVariable("token_y", "i4", ("token",))[:] = token_y
+            group.createVariable("token_x", "i4", ("token",))[:] = token_x
+            kind = group.createVariable("token_kind", str, ("token",))
+            for i, value in enumerate(site.token_kinds):
+                kind[i] = value
+            for var in self.capture:
+                if var == "features":
+                    group.createDimension("feature", self.feature_dims[site.name])
+                shape = self._var_shape(site, var)
+                variable = group.createVariable(var, self.dtype, self._var_dims(var), chunksizes=(1, *shape))
+                # CF convention: xarray reads these as the variable's coordinates.
+                variable.setncattr("coordinates", "token_y token_x token_kind")
+        f.sync()
+        f.close()
+        # The file is complete as an empty store only now: a crash above leaves no half-made store.
+        os.replace(tmp, self.path)
+        self._file = netcdf.Dataset(self.path, "a")
+
+    def _check_compatible(self, existing: xr.DataTree) -> None:
+        have = site_names(existing)
+        want = [s.name for s in self.sites]
+        if have != want:
+            raise StoreError(
+                f"cannot resume {self.path}: it holds sites {have}, this probe records {want}; "
+                "use the same model, adapter and layers, or a new path"
+            )
+        for site in self.sites:
+            node = existing[site.name]
+            missing = [v for v in self.capture if v not in node.data_vars]
+            if missing or int(node.attrs["num_heads"]) != site.num_heads or (
+                int(node.attrs["grid_h"]), int(node.attrs["grid_w"])
+            ) != tuple(site.grid):
+                raise StoreError(
+                    f"cannot resume {self.path}: site {site.name!r} differs from this probe "
+                    f"(variables missing: {missing}, or other heads / grid); use a new path"
+                )
+
+    # -- public -------------------------------------------------------------------------
+    @property
+    def written(self) -> list[str]:
+        """Sample ids already in the store (including those of a resumed file)."""
+        if self.path is None:
+            return [sid for batch in self._memory for sid in batch["sample"]]
+        return list(self._written)
+
+    def append(
+        self,
+        samples: Sequence[str],
+        arrays: Mapping[str, Mapping[str, np.ndarray]],
+        pixels: np.ndarray | None = None,
+    ) -> None:
+        """Append one batch.
+
+        Parameters
+        ----------
+        samples : sequence of str
+            Ids of the batch's samples; ids must be unique across the store.
+        arrays : mapping
+            ``arrays[site_name][var]`` with the variable's shape, batch first.
+        pixels : numpy.ndarray, optional
+            ``(batch, y, x, 3)`` uint8, required when the store was made with pixels.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from interpret_spectral.sites import AttentionSite
+        >>> site = AttentionSite("a", "a", 0, 1, 2, 1.0, (1, 2), ("patch", "patch"))
+        >>> w = create_store([site])
+        >>> w.append(["s0"], {"a": {v: np.zeros((1, 1, 2, 2)) for v in "qkv"}})
+        >>> w.close()["a"]["q"].dims
+        ('sample', 'head', 'token', 'channel')
+        """
+        samples = [str(s) for s in samples]
+        seen = set(self.written)
+        clash = [s for s in samples if s in seen] + [s for i, s in enumerate(samples) if s in samples[:i]]
+        if clash:
+            raise ValueError(f"sample ids must be unique; already present: {sorted(set(clash))[:5]}")
+        batch = len(samples)
+        checked: dict[str, dict[str, np.ndarray]] = {}
+        for site in self.sites:
+            if site.name not in arrays:
+                raise ValueError(f"batch lacks site {site.name!r}")
+            checked[site.name] = {}
+            for var in self.capture:
+                value = np.asarray(arrays[site.name][var])
+                expected = (batch, *self._var_shape(site, var))
+                if value.shape != expected:
+                    raise ValueError(
+                        f"site {site.name!r} {var}: shape {value.shape} does not match {expected}"
+                    )
+                checked[site.name][var] = value.astype(self.dtype, copy=False)
+        if (pixels is None) != (self.pixels_shape is None):
+            raise ValueError("pixels must be given exactly when the store was created with pixels_shape")
+        if pixels is not None:
+            pixels = np.asarray(pixels)
+            if pixels.shape != (batch, *self.pixels_shape, 3) or pixels.dtype != np.uint8:
+                raise ValueError(f"pixels must be uint8 {(batch, *self.pixels_shape, 3)}, got {pixels.dtype} {pixels.shape}")
+        if self.path is None:
+            self._memory.append({"sample": samples, "arrays": checked, "pixels": pixels})
+            return
+        f = self._file
+        start = len(self._written)
+        stop = start + batch
+        # Data first, sample ids last: a crash mid-batch leaves the extra rows unnamed,
+        # and open_store() keeps only named rows.
+        for site in self.sites:
+            group = f.groups[site.name]
+            for var, value in checked[site.name].items():
+                group.variables[var][start:stop] = value
+        if pixels is not None:
+            f.variables["pixels"][start:stop] = pixels
+        f.variables["sample"][start:stop] = np.asarray(samples, dtype=object)
+        f.sync()
+        self._written.extend(samples)
+
+    def close(self) -> xr.DataTree:
+        """Finish writing and return the store (opened lazily when on disk)."""
+        if self.path is not None:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            return open_store(self.path)
+        return self._memory_tree()
+
+    def abort(self) -> None:
+        """Close the file without returning it (used on errors); written batches stay."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _memory_tree(self) -> xr.DataTree:
+        samples = [sid for batch in self._memory for sid in batch["sample"]]
+        root_vars: dict[str, Any] = {}
+        if self.pixels_shape is not None:
+            pixels = (
+                np.concatenate([b["pixels"] for b in self._memory])
+                if self._memory
+                else np.zeros((0, *self.pixels_shape, 3), np.uint8)
+            )
+            root_vars["pixels"] = (("sample", "y", "x", "rgb"), pixels)
+        root = xr.Dataset(
+            root_vars,
+            coords={"sample": np.asarray(samples, dtype=str), **{k: v for k, v in self.extra_dims.items()}},
+            attrs=_json_safe_attrs(self.root_attrs),
+        )
+        children = {}
+        for site in self.sites:
+            token_y, token_x = site.token_yx()
+            data_vars = {}
+            for var in self.capture:
+                shape = self._var_shape(site, var)
+                value = (
+                    np.concatenate([b["arrays"][site.name][var] for b in self._memory])
+                    if self._memory
+                    else np.zeros((0, *shape), self.dtype)
+                )
+                data_vars[var] = (self._var_dims(var), value)
+            children[site.name] = xr.Dataset(
+                data_vars,
+                coords={
+                    "token_y": ("token", token_y),
+                    "token_x": ("token", token_x),
+                    "token_kind": ("token", np.asarray(site.token_kinds, dtype=str)),
+                },
+                attrs=_json_safe_attrs(site.attrs()),
+            )
+        tree = xr.DataTree(root)
+        for name, ds in children.items():
+            tree[name] = xr.DataTree(ds)
+        return tree
+
+
+def create_store(
+    sites: Sequence[AttentionSite],
+    *,
+    path: str | os.PathLike[str] | None = None,
+    capture: Sequence[str] = ("q", "k", "v"),
+    extra_dims: Mapping[str, Sequence[Any]] | None = None,
+    feature_dims: Mapping[str, int] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    dtype: str = "float32",
+    pixels_shape: tuple[int, int] | None = None,
+    resume: bool = False,
+) -> StoreWriter:
+    """Start a store for ``sites``: in memory when ``path`` is None, else an HDF5 file.
+
+    Parameters
+    ----------
+    sites : sequence of AttentionSite
+        The attention sites; groups are written in their forward ``order``.
+    path : path-like, optional
+        File to write; it must not exist unless ``resume=True``.
+    capture : sequence of str
+        Variables per site, from ``"q"``, ``"k"``, ``"v"``, ``"features"``.
+    extra_dims : mapping, optional
+        Extra dimensions after ``sample`` with their coordinates, e.g.
+        ``{"timestep": [999, 500]}``.
+    feature_dims : mapping, optional
+        Width of ``features`` per site name (required when capturing features).
+    attrs : mapping, optional
+        Root attributes (model, adapter, input size, user metadata).
+    dtype : {"float32", "float16"}
+        Storage dtype of q, k, v and features.
+    pixels_shape : tuple of int, optional
+        ``(y, x)`` of the ``pixels`` variable, when input images are stored.
+    resume : bool
+        Continue an existing file written with the same sites.
+
+    Returns
+    -------
+    StoreWriter
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from interpret_spectral.sites import AttentionSite
+    >>> site = AttentionSite("blocks.0.attn", "blocks.0.attn", 0, 2, 4, 0.5, (2, 2), ("cls",) + ("patch",) * 4)
+    >>> writer = create_store([site], attrs={"model": "toy"})
+    >>> writer.append(["img0"], {"blocks.0.attn": {v: np.ones((1, 2, 5, 4)) for v in "qkv"}})
+    >>> store = writer.close()
+    >>> store["blocks.0.attn"]["token_kind"].values[:2].tolist()
+    ['cls', 'patch']
+    """
+    return StoreWriter(
+        sites,
+        path=path,
+        capture=capture,
+        extra_dims=extra_dims,
+        feature_dims=feature_dims,
+        attrs=attrs,
+        dtype=dtype,
+        pixels_shape=pixels_shape,
+        resume=resume,
+    )
+
+
+def open_store(path: str | os.PathLike[str]) -> xr.DataTree:
+    """Open a store file lazily and check that it is one.
+
+    Rows written by a batch that crashed before naming its samples are left out.
+
+    Parameters
+    ----------
+    path : path-like
+        An HDF5 file written by :func:`create_store` or :func:`interpret_spectral.probe`.
+
+    Returns
+    -------
+    xarray.DataTree
+
+    Raises
+    ------
+    StoreError
+        When the file is truncated, is not a store, or has an unsupported version.
+
+    Examples
+    --------
+    >>> store = open_store("activations.h5")  # doctest: +SKIP
+    >>> list(store.children)  # doctest: +SKIP
+    ['blocks.0.attn', 'blocks.1.attn', ...]
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no store at {path}")
+    try:
+        tree = xr.open_datatree(path, engine="h5netcdf")
+    except Exception as error:  # h5py raises OSError / ValueError of several kinds
+        raise StoreError(
+            f"{path} cannot be read as HDF5 ({type(error).__name__}: {error}); the file is truncated or "
+            "not a store: rerun the probe (resume=True keeps the complete batches of an interrupted run "
+            "only while the file itself is intact)"
+        ) from error
+    try:
+        validate_store(tree, source=str(path))
+    except StoreError:
+        tree.close()
+        raise
+    names = tree["sample"].values
+    named = np.array([bool(n) for n in names])
+    if not named.all():
+        keep = np.flatnonzero(named)
+        tree = tree.isel(sample=keep)
+    return tree
+
+
+def validate_store(tree: xr.DataTree, source: str = "store") -> None:
+    """Check that ``tree`` follows the store format; raise :class:`StoreError` if not.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> validate_store(xr.DataTree())  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    StoreError: store is not an interpret_spectral store ...
+    """
+    fmt = tree.attrs.get("format")
+    if fmt != FORMAT:
+        raise StoreError(
+            f"{source} is not an interpret_spectral store (root attribute format={fmt!r}, expected {FORMAT!r}); "
+            "make stores with interpret_spectral.probe()"
+        )
+    version = int(tree.attrs.get("format_version", -1))
+    if version > FORMAT_VERSION:
+        raise StoreError(
+            f"{source} has format_version {version}, newer than this interpret_spectral reads "
+            f"({FORMAT_VERSION}); upgrade interpret_spectral"
+        )
+    if version < 1:
+        raise StoreError(f"{source} has an invalid format_version {version}")
+    if "sample" not in tree.dims:
+        raise StoreError(f"{source} has no 'sample' dimension at its root")
+    if not tree.children:
+        raise StoreError(f"{source} has no attention-site groups")
+    for name, node in tree.children.items():
+        missing = [a for a in ("module", "order", "grid_h", "grid_w", "num_heads", "head_dim", "scale") if a not in node.attrs]
+        if missing:
+            raise StoreError(f"{source}: group {name!r} lacks site attributes {missing}")
+        for coord in ("token_y", "token_x", "token_kind"):
+            if coord not in node.coords:
+                raise StoreError(f"{source}: group {name!r} lacks coordinate {coord!r}")
+
+
+def site_names(tree: xr.DataTree) -> list[str]:
+    """Names of the store's attention sites in forward order.
+
+    Examples
+    --------
+    >>> site_names(store)  # doctest: +SKIP
+    ['blocks.0.attn', 'blocks.1.attn']
+    """
+    return sorted(tree.children, key=lambda name: int(tree[name].attrs["order"]))
+
+
+def sample_ids(tree: xr.DataTree) -> list[str]:
+    """The store's sample ids, in write order.
+
+    Examples
+    --------
+    >>> sample_ids(store)  # doctest: +SKIP
+    ['astronaut', 'coffee']
+    """
+    return [str(s) for s in tree["sample"].values]
