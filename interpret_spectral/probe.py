@@ -175,13 +175,6 @@ def _hooks(module: torch.nn.Module, taps: Sequence[Tap]) -> Iterator[dict[str, l
             handle.remove()
 
 
-def _nnsight_envoy(root: Any, path: str) -> Any:
-    envoy = root
-    for part in path.split(".") if path else []:
-        envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
-    return envoy
-
-
 def _run_nnsight(adapter: Adapter, batch: Any, taps: Sequence[Tap], model: Any) -> dict[str, list[torch.Tensor]]:
     try:
         from nnsight import NNsight
@@ -193,15 +186,19 @@ def _run_nnsight(adapter: Adapter, batch: Any, taps: Sequence[Tap], model: Any) 
         )
     wrapped = model if _is_nnsight(model) else NNsight(adapter.model_module())
     args, kwargs = adapter.call_args(batch)
-    saved: dict[str, Any] = {}
-    with torch.no_grad(), wrapped.trace(*args, **kwargs):
-        for tap in taps:
-            envoy = _nnsight_envoy(wrapped, tap.module)
-            saved[tap.key] = (envoy.output if tap.port == "output" else envoy.input).save()
+    # nnsight's cache reads modules in whatever order they run, unlike envoy access,
+    # which must follow execution order.
+    paths = list(dict.fromkeys(tap.module for tap in taps))
+    names = [f"model.{path}" if path else "model" for path in paths]
+    with torch.no_grad(), wrapped.trace(*args, **kwargs) as tracer:
+        cache = tracer.cache(
+            modules=names, device=None, include_inputs=any(tap.port == "input" for tap in taps)
+        )
     result = {}
-    for key, value in saved.items():
-        value = getattr(value, "value", value)
-        result[key] = [_first(value).detach()]
+    for tap in taps:
+        entry = cache[f"model.{tap.module}" if tap.module else "model"]
+        value = entry.output if tap.port == "output" else entry.input
+        result[tap.key] = [_first(value).detach()]
     return result
 
 
@@ -212,8 +209,10 @@ def _is_nnsight(model: Any) -> bool:
 def _unwrap(model: Any) -> Any:
     """The torch model inside an nnsight wrapper (``NNsight``, ``LanguageModel``, ...)."""
     if _is_nnsight(model):
-        inner = getattr(model, "_model", None)
-        if inner is None:
+        inner = getattr(model, "_module", None)  # nnsight >= 0.5
+        if not isinstance(inner, torch.nn.Module):
+            inner = getattr(model, "_model", None)  # older nnsight
+        if not isinstance(inner, torch.nn.Module):
             raise TypeError(f"cannot find the torch model inside {type(model).__name__}")
         return inner
     return model
@@ -268,14 +267,15 @@ def capture_batch(
         if tap not in taps:
             taps.append(tap)
     module = adapter.model_module()
-    if backend == "hooks":
-        with _hooks(module, taps) as collected:
-            adapter.run(batch)
-        tapped = dict(collected)
-    elif backend == "nnsight":
-        tapped = _run_nnsight(adapter, batch, taps, model if model is not None else adapter.model)
-    else:
+    if backend not in ("hooks", "nnsight"):
         raise ValueError(f"backend must be 'hooks' or 'nnsight', got {backend!r}")
+    with adapter.forward_context(batch):
+        if backend == "hooks":
+            with _hooks(module, taps) as collected:
+                adapter.run(batch)
+            tapped = dict(collected)
+        else:
+            tapped = _run_nnsight(adapter, batch, taps, model if model is not None else adapter.model)
     missing = [tap.key for tap in taps if not tapped.get(tap.key)]
     if missing:
         raise RuntimeError(

@@ -34,6 +34,7 @@ Third-party packages register theirs through the entry-point group
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -228,6 +229,14 @@ class Adapter(abc.ABC):
     def call_args(self, batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Positional and keyword arguments of the one model call for ``batch``."""
         return (batch,), {}
+
+    def forward_context(self, batch: Any) -> contextlib.AbstractContextManager[Any]:
+        """A context entered around the forward pass(es) of ``batch``, by every backend.
+
+        Adapters that must change model state for a batch (e.g. timm's dynamic image
+        size for a new input size) do it here and restore it on exit.
+        """
+        return contextlib.nullcontext()
 
     def run(self, batch: Any) -> None:
         """Run one forward pass (or several) on a model-ready batch."""

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import xarray as xr
 
@@ -42,6 +43,7 @@ __all__ = [
     "validate_store",
     "site_names",
     "sample_ids",
+    "patch_tokens",
 ]
 
 FORMAT = "interpret_spectral.store"
@@ -159,7 +161,8 @@ class StoreWriter:
             self._check_compatible(existing)
             self._written = list(map(str, existing["sample"].values))
             existing.close()
-            self._file = netcdf.Dataset(self.path, "a")
+            self._file = h5py.File(self.path, "r+")
+            self._resize(len(self._written))  # drop rows of a batch that crashed mid-write
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".partial")
@@ -208,7 +211,9 @@ class StoreWriter:
         f.close()
         # The file is complete as an empty store only now: a crash above leaves no half-made store.
         os.replace(tmp, self.path)
-        self._file = netcdf.Dataset(self.path, "a")
+        # Appends go through h5py: resize along ``sample``, write, flush.  (h5netcdf only
+        # records the grown unlimited dimension when the file is closed.)
+        self._file = h5py.File(self.path, "r+")
 
     def _check_compatible(self, existing: xr.DataTree) -> None:
         have = site_names(existing)
@@ -295,17 +300,26 @@ class StoreWriter:
         f = self._file
         start = len(self._written)
         stop = start + batch
-        # Data first, sample ids last: a crash mid-batch leaves the extra rows unnamed,
-        # and open_store() keeps only named rows.
+
+        # Every array grows first (new ids empty), then data, then the ids: a crash mid-batch
+        # leaves rows without an id, which open_store() leaves out and resume overwrites.
+        self._resize(stop)
         for site in self.sites:
-            group = f.groups[site.name]
+            group = f[site.name]
             for var, value in checked[site.name].items():
-                group.variables[var][start:stop] = value
+                group[var][start:stop] = value
         if pixels is not None:
-            f.variables["pixels"][start:stop] = pixels
-        f.variables["sample"][start:stop] = np.asarray(samples, dtype=object)
-        f.sync()
+            f["pixels"][start:stop] = pixels
+        f["sample"][start:stop] = np.asarray(samples, dtype=object)
+        f.flush()
         self._written.extend(samples)
+
+    def _resize(self, length: int) -> None:
+        f = self._file
+        datasets = [f["sample"]] + ([f["pixels"]] if "pixels" in f else [])
+        datasets += [f[site.name][var] for site in self.sites for var in self.capture]
+        for dataset in datasets:
+            dataset.resize(length, axis=0)
 
     def close(self) -> xr.DataTree:
         """Finish writing and return the store (opened lazily when on disk)."""
@@ -457,7 +471,7 @@ def open_store(path: str | os.PathLike[str]) -> xr.DataTree:
     if not path.exists():
         raise FileNotFoundError(f"no store at {path}")
     try:
-        tree = xr.open_datatree(path, engine="h5netcdf")
+        tree = xr.open_datatree(path, engine="h5netcdf", phony_dims="sort")
     except Exception as error:  # h5py raises OSError / ValueError of several kinds
         raise StoreError(
             f"{path} cannot be read as HDF5 ({type(error).__name__}: {error}); the file is truncated or "
@@ -472,8 +486,10 @@ def open_store(path: str | os.PathLike[str]) -> xr.DataTree:
     names = tree["sample"].values
     named = np.array([bool(n) for n in names])
     if not named.all():
-        keep = np.flatnonzero(named)
-        tree = tree.isel(sample=keep)
+        # Named rows are a prefix: ids are written last in every batch.
+        whole = tree
+        tree = whole.isel(sample=slice(0, int(named.sum())))
+        tree.set_close(whole.close)
     return tree
 
 
@@ -534,3 +550,59 @@ def sample_ids(tree: xr.DataTree) -> list[str]:
     ['astronaut', 'coffee']
     """
     return [str(s) for s in tree["sample"].values]
+
+
+def patch_tokens(
+    tree: xr.DataTree,
+    site: str,
+    var: str,
+    samples: int | slice | Sequence[int] = slice(None),
+    timesteps: int | slice | Sequence[int] | None = None,
+) -> np.ndarray:
+    """Read one variable of one site for the patch tokens only, in row-major grid order.
+
+    Only the requested samples are read from disk.
+
+    Parameters
+    ----------
+    tree : xarray.DataTree
+        A store.
+    site : str
+        The site's group name.
+    var : {"q", "k", "v", "features"}
+        The variable.
+    samples : int, slice or sequence of int
+        Positional sample selection (an int drops the sample dimension).
+    timesteps : int, slice or sequence of int, optional
+        Positional timestep selection, for stores with a ``timestep`` dimension.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, ``(..., head, grid_h * grid_w, channel)`` for q/k/v (``(..., tokens,
+        feature)`` for features); token ``i`` sits at row ``i // grid_w``, column
+        ``i % grid_w``.
+
+    Examples
+    --------
+    >>> q = patch_tokens(store, "blocks.11.attn", "q", samples=0)  # doctest: +SKIP
+    >>> q.shape  # doctest: +SKIP
+    (6, 1024, 64)
+    """
+    node = tree[site]
+    if var not in node.data_vars:
+        raise KeyError(f"site {site!r} has no variable {var!r}; it holds {sorted(node.data_vars)}")
+    data = node[var]
+    selection: dict[str, Any] = {"sample": samples}
+    if "timestep" in data.dims:
+        if timesteps is not None:
+            selection["timestep"] = timesteps
+    elif timesteps is not None:
+        raise ValueError(f"site {site!r} has no timestep dimension; pass timesteps=None")
+    token_y = node["token_y"].values
+    token_x = node["token_x"].values
+    patch = np.flatnonzero(token_y >= 0)
+    grid_w = int(node.attrs["grid_w"])
+    order = patch[np.argsort(token_y[patch] * grid_w + token_x[patch], kind="stable")]
+    selection["token"] = order
+    return np.asarray(data.isel(selection).values, dtype=np.float32)

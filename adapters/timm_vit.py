@@ -1,0 +1,377 @@
+"""Adapter for timm Vision Transformers (``timm.models.vision_transformer.VisionTransformer``).
+
+Covers every timm ``VisionTransformer`` (and subclass) whose blocks use
+``timm.layers.Attention``: DINO, DINOv2 (``vit_*_dinov2``, with or without register
+tokens), MAE, CLIP image towers, DeiT (``VisionTransformerDistilled`` with its
+distillation token), SigLIP-style models without a class token, and so on.
+
+What is read, per block ``blocks.<i>`` (timm 1.0.x ``Attention.forward``)::
+
+    qkv = self.qkv(x) -> reshape (B, N, 3, H, D) -> q, k, v   # tap: qkv output  -> v
+    q, k = self.q_norm(q), self.k_norm(k)                    # taps: q_norm / k_norm outputs -> q, k
+    x = scaled_dot_product_attention(q, k, v)                # fused SDPA: no weights to hook
+    x = self.norm(x.transpose(1, 2).reshape(B, N, H*D))      # tap: norm input -> attention output
+    x = self.proj(x * gate)
+
+``q_norm`` and ``k_norm`` are called on every forward (``nn.Identity`` when the model
+has no q/k norm), so ``q`` and ``k`` are what the softmax saw.  The attention output
+(:meth:`TimmViTAdapter.output_tap`) is the input of ``attn.norm`` (the scale norm,
+``nn.Identity`` in most models), which equals the input of ``attn.proj`` unless the
+model has a scale norm or an output gate; it is the raw ``softmax(q k^T s) v`` in
+every case.  ``features`` is the output of the block (``blocks.<i>``), ``(B, N, C)``.
+
+Input sizes other than the one the model was built for (e.g. 448 px on a 224 px
+model) work: a model created with ``dynamic_img_size=True`` interpolates its
+position embedding by itself; for any other model, :meth:`TimmViTAdapter.run`
+switches timm's dynamic-size mode on for the duration of the forward pass and
+restores the model's state afterwards (weights are never changed).  With
+``backend="nnsight"`` the forward pass is run by nnsight, outside the adapter, so a
+different input size there needs a model created with ``dynamic_img_size=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from interpret_spectral.sites import Adapter, AttentionSite, Tap, register_adapter
+
+__all__ = ["TimmViTAdapter"]
+
+
+def _size_pair(size: int | Sequence[int], what: str) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        pair = (int(size), int(size))
+    elif isinstance(size, Sequence) and len(size) == 2 and all(isinstance(s, (int, np.integer)) for s in size):
+        pair = (int(size[0]), int(size[1]))
+    else:
+        raise TypeError(f"{what} must be an int or a (height, width) pair of ints, got {size!r}")
+    if min(pair) < 1:
+        raise ValueError(f"{what} must be positive, got {pair}")
+    return pair
+
+
+def _single(tapped: Mapping[str, list[torch.Tensor]], tap: Tap) -> torch.Tensor:
+    values = tapped.get(tap.key, [])
+    if len(values) != 1:
+        raise RuntimeError(
+            f"module {tap.module!r} ran {len(values)} times in one forward pass; "
+            "the timm-vit adapter expects each attention module to run exactly once"
+        )
+    return values[0]
+
+
+@register_adapter("timm-vit")
+class TimmViTAdapter(Adapter):
+    """Adapter for timm ``VisionTransformer`` models with ``timm.layers.Attention`` blocks.
+
+    Parameters
+    ----------
+    model : timm.models.vision_transformer.VisionTransformer
+        The model, in eval mode (dropout in train mode changes the attention output).
+    image_size : int or (int, int), optional
+        Size :meth:`preprocess` resizes images to; default: the size the model was
+        built for (``model.patch_embed.img_size``).  Must be a multiple of the patch size.
+
+    Notes
+    -----
+    Site names are the module paths of the attention modules (``"blocks.3.attn"``).
+    Tokens are labelled in sequence order: ``"cls"`` (``model.cls_token``),
+    ``"distillation"`` (``model.dist_token``, DeiT), ``"register"``
+    (``model.num_reg_tokens``), then the patch grid in row-major order.
+
+    Examples
+    --------
+    >>> from timm.models.vision_transformer import VisionTransformer
+    >>> model = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3).eval()
+    >>> adapter = TimmViTAdapter(model)
+    >>> site = adapter.sites(torch.zeros(1, 3, 32, 32))[0]
+    >>> site.name, site.grid, site.token_kinds[:2]
+    ('blocks.0.attn', (4, 4), ('cls', 'patch'))
+    """
+
+    #: Tried before generic adapters by ``adapter="auto"``.
+    priority: ClassVar[int] = 10
+
+    def __init__(self, model: Any, image_size: int | Sequence[int] | None = None, **options: Any) -> None:
+        super().__init__(model, **options)
+        if not self.matches(model):
+            raise TypeError(
+                f"the timm-vit adapter needs a timm VisionTransformer whose blocks use timm.layers.Attention, "
+                f"got {type(model).__name__}; pick another adapter (adapter='auto' lists them)"
+            )
+        self.image_size = _size_pair(image_size, "image_size") if image_size is not None else self._native_size()
+        self._check_size(self.image_size)
+
+    # -- identification ---------------------------------------------------------------
+    @classmethod
+    def matches(cls, model: Any) -> bool:
+        """Whether ``model`` is a timm ``VisionTransformer`` with ``timm.layers.Attention`` blocks.
+
+        Examples
+        --------
+        >>> TimmViTAdapter.matches(torch.nn.Linear(2, 2))
+        False
+        """
+        if "timm" not in sys.modules or not isinstance(model, torch.nn.Module):
+            return False
+        from timm.layers import Attention
+        from timm.models.vision_transformer import VisionTransformer
+
+        blocks = getattr(model, "blocks", None)
+        return (
+            isinstance(model, VisionTransformer)
+            and isinstance(blocks, torch.nn.Sequential)
+            and len(blocks) > 0
+            and all(isinstance(getattr(block, "attn", None), Attention) for block in blocks)
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Root attributes: model class, adapter, timm architecture and pretrained tag when known.
+
+        Examples
+        --------
+        >>> from timm.models.vision_transformer import VisionTransformer
+        >>> model = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3)
+        >>> TimmViTAdapter(model).describe()["model"]
+        'VisionTransformer'
+        """
+        cfg = getattr(self.model, "pretrained_cfg", None) or {}
+        architecture = cfg.get("architecture")
+        tag = cfg.get("tag")
+        info: dict[str, Any] = {**super().describe(), "library": "timm"}
+        if architecture:
+            info["model_name"] = f"{architecture}.{tag}" if tag else architecture
+        if cfg.get("hf_hub_id"):
+            info["hf_hub_id"] = cfg["hf_hub_id"]
+        info["native_image_size"] = list(self._native_size())
+        return info
+
+    # -- inputs -----------------------------------------------------------------------
+    def _native_size(self) -> tuple[int, int]:
+        img_size = getattr(self.model.patch_embed, "img_size", None)
+        if img_size is None:
+            raise ValueError("this timm model has no fixed image size; pass image_size= to the adapter")
+        return int(img_size[0]), int(img_size[1])
+
+    def _check_size(self, size: tuple[int, int]) -> None:
+        patch = self.model.patch_embed.patch_size
+        if getattr(self.model.patch_embed, "dynamic_img_pad", False):
+            return
+        if size[0] % patch[0] or size[1] % patch[1]:
+            raise ValueError(
+                f"input size {size[0]}x{size[1]} is not a multiple of the patch size {patch[0]}x{patch[1]}; "
+                f"use e.g. image_size={(size[0] // patch[0]) * patch[0]}"
+            )
+
+    def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
+        """Resize whole images to ``image_size`` and normalise them with the model's mean/std.
+
+        The whole image is resized (no centre crop), so that every token maps onto the
+        image stored in the store's ``pixels``.  Interpolation, mean and std come from
+        the model's ``pretrained_cfg`` (``timm.data.resolve_model_data_config``).
+
+        Parameters
+        ----------
+        images : sequence of PIL.Image.Image
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, 3, H, W)`` float32.
+
+        Examples
+        --------
+        >>> from PIL import Image
+        >>> from timm.models.vision_transformer import VisionTransformer
+        >>> model = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3)
+        >>> TimmViTAdapter(model).preprocess([Image.new("RGB", (50, 40))]).shape
+        torch.Size([1, 3, 32, 32])
+        """
+        from PIL import Image
+        from timm.data import resolve_model_data_config
+
+        if len(images) == 0:
+            raise ValueError("preprocess needs at least one image")
+        config = resolve_model_data_config(self.model)
+        resample = {
+            "bicubic": Image.BICUBIC,
+            "bilinear": Image.BILINEAR,
+            "nearest": Image.NEAREST,
+            "lanczos": Image.LANCZOS,
+        }.get(str(config.get("interpolation", "bicubic")), Image.BICUBIC)
+        mean = np.asarray(config["mean"], dtype=np.float32)
+        std = np.asarray(config["std"], dtype=np.float32)
+        height, width = self.image_size
+        arrays = []
+        for image in images:
+            if not isinstance(image, Image.Image):
+                raise TypeError(f"preprocess takes PIL images, got {type(image).__name__}")
+            rgb = np.asarray(image.convert("RGB").resize((width, height), resample), dtype=np.float32) / 255.0
+            arrays.append((rgb - mean) / std)
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    def call_args(self, batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """``(batch,)``, after checking that the batch is an image tensor the patch size divides."""
+        self._batch_size(batch)
+        return (batch,), {}
+
+    def forward_context(self, batch: Any) -> contextlib.AbstractContextManager[None]:
+        """Interpolate position embeddings while a batch of a new size runs (restored on exit)."""
+        return self._dynamic_size(self._batch_size(batch))
+
+    def _batch_size(self, batch: Any) -> tuple[int, int]:
+        if not isinstance(batch, torch.Tensor) or batch.ndim != 4:
+            shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+            raise TypeError(f"a timm ViT takes a (B, C, H, W) image tensor, got {shape}")
+        size = (int(batch.shape[-2]), int(batch.shape[-1]))
+        self._check_size(size)
+        return size
+
+    def _dynamic_now(self) -> bool:
+        return bool(getattr(self.model, "dynamic_img_size", False))
+
+    @contextlib.contextmanager
+    def _dynamic_size(self, size: tuple[int, int]) -> Iterator[None]:
+        """Switch timm's dynamic image size mode on while inputs of a new size run."""
+        if size == self._native_size() or self._dynamic_now():
+            yield
+            return
+        if not hasattr(self.model, "dynamic_img_size"):
+            raise ValueError(
+                f"{type(self.model).__name__} has no dynamic image size mode; feed {self._native_size()} inputs"
+            )
+        from timm.layers import Format
+
+        model, embed = self.model, self.model.patch_embed
+        saved = (model.dynamic_img_size, embed.strict_img_size, embed.flatten, embed.output_fmt)
+        try:
+            # What VisionTransformer(dynamic_img_size=True) sets up: NHWC patches, the
+            # position embedding resampled to the grid in _pos_embed.
+            model.dynamic_img_size = True
+            embed.strict_img_size = False
+            embed.flatten = False
+            embed.output_fmt = Format.NHWC
+            yield
+        finally:
+            model.dynamic_img_size, embed.strict_img_size, embed.flatten, embed.output_fmt = saved
+
+    # -- sites and reading ------------------------------------------------------------
+    def _token_kinds_prefix(self) -> list[str]:
+        model = self.model
+        kinds: list[str] = []
+        if getattr(model, "cls_token", None) is not None:
+            kinds.append("cls")
+        if getattr(model, "dist_token", None) is not None:
+            kinds.append("distillation")
+        if getattr(model, "reg_token", None) is not None:
+            kinds.extend(["register"] * int(model.reg_token.shape[1]))
+        expected = int(getattr(model, "num_prefix_tokens", len(kinds)))
+        if len(kinds) != expected:
+            raise ValueError(
+                f"{type(model).__name__} declares {expected} prefix tokens but the adapter found {kinds}; "
+                "its token layout is unknown to the timm-vit adapter"
+            )
+        return kinds
+
+    def sites(self, batch: Any) -> list[AttentionSite]:
+        """One site per block (``blocks.<i>.attn``), in forward order, for inputs shaped like ``batch``.
+
+        Examples
+        --------
+        >>> from timm.models.vision_transformer import VisionTransformer
+        >>> model = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, reg_tokens=2)
+        >>> TimmViTAdapter(model).sites(torch.zeros(1, 3, 64, 64))[1].token_kinds[:4]
+        ('cls', 'register', 'register', 'patch')
+        """
+        height, width = self._batch_size(batch)
+        embed = self.model.patch_embed
+        if not hasattr(embed, "dynamic_feat_size"):
+            raise ValueError(
+                f"{type(embed).__name__} does not say its grid size; the timm-vit adapter cannot place tokens"
+            )
+        grid = tuple(int(g) for g in embed.dynamic_feat_size((height, width)))
+        kinds = tuple(self._token_kinds_prefix() + ["patch"] * (grid[0] * grid[1]))
+        sites = []
+        for order, block in enumerate(self.model.blocks):
+            attn = block.attn
+            # Fused SDPA uses its default scale head_dim**-0.5; the manual path uses attn.scale.
+            scale = attn.head_dim ** -0.5 if getattr(attn, "fused_attn", False) else float(attn.scale)
+            sites.append(
+                AttentionSite(
+                    name=f"blocks.{order}.attn",
+                    module=f"blocks.{order}.attn",
+                    order=order,
+                    num_heads=int(attn.num_heads),
+                    head_dim=int(attn.head_dim),
+                    scale=float(scale),
+                    grid=(grid[0], grid[1]),
+                    token_kinds=kinds,
+                )
+            )
+        return sites
+
+    def _block(self, site: AttentionSite) -> str:
+        return site.module.rsplit(".", 1)[0]
+
+    def taps(self, site: AttentionSite, capture: Sequence[str]) -> list[Tap]:
+        """Taps in execution order: ``qkv``, ``q_norm``, ``k_norm`` outputs, then the block output.
+
+        Examples
+        --------
+        >>> from timm.models.vision_transformer import VisionTransformer
+        >>> model = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3)
+        >>> adapter = TimmViTAdapter(model)
+        >>> [t.key for t in adapter.taps(adapter.sites(torch.zeros(1, 3, 32, 32))[0], ["q", "v"])]
+        ['blocks.0.attn.qkv:output', 'blocks.0.attn.q_norm:output']
+        """
+        unknown = set(capture) - {"q", "k", "v", "features"}
+        if unknown:
+            raise ValueError(f"the timm-vit adapter captures q, k, v and features, not {sorted(unknown)}")
+        taps = []
+        if "v" in capture:
+            taps.append(Tap(f"{site.module}.qkv"))
+        if "q" in capture:
+            taps.append(Tap(f"{site.module}.q_norm"))
+        if "k" in capture:
+            taps.append(Tap(f"{site.module}.k_norm"))
+        if "features" in capture:
+            taps.append(Tap(self._block(site)))
+        return taps
+
+    def assemble(
+        self, site: AttentionSite, tapped: Mapping[str, list[torch.Tensor]], capture: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """``q``/``k`` from the q/k norms, ``v`` from the fused ``qkv`` projection, ``features`` from the block."""
+        out: dict[str, torch.Tensor] = {}
+        if "v" in capture:
+            qkv = _single(tapped, Tap(f"{site.module}.qkv"))
+            batch, tokens, _ = qkv.shape
+            qkv = qkv.reshape(batch, tokens, 3, site.num_heads, site.head_dim).permute(2, 0, 3, 1, 4)
+            out["v"] = qkv[2]
+        for name in ("q", "k"):
+            if name in capture:
+                out[name] = _single(tapped, Tap(f"{site.module}.{name}_norm"))
+        if "features" in capture:
+            out["features"] = _single(tapped, Tap(self._block(site)))
+        for name, value in out.items():
+            tokens = value.shape[-2]
+            if tokens != site.num_tokens:
+                raise RuntimeError(
+                    f"site {site.name!r}: {name} has {tokens} tokens but the site expects {site.num_tokens} "
+                    f"({site.grid[0]}x{site.grid[1]} patches and {site.num_tokens - site.grid[0] * site.grid[1]} "
+                    "special tokens); was the model run on inputs of another size, or with patch dropout in train mode?"
+                )
+        return out
+
+    def output_tap(self, site: AttentionSite) -> Tap:
+        """The attention output ``(B, N, H*D)``: the input of ``attn.norm`` (else ``attn.proj``)."""
+        attn = self.model.get_submodule(site.module)
+        if isinstance(getattr(attn, "norm", None), torch.nn.Module):
+            return Tap(f"{site.module}.norm", "input")
+        return Tap(f"{site.module}.proj", "input")
