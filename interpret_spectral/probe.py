@@ -203,7 +203,17 @@ def _run_nnsight(adapter: Adapter, batch: Any, taps: Sequence[Tap], model: Any) 
 
 
 def _is_nnsight(model: Any) -> bool:
-    return type(model).__module__.startswith("nnsight")
+    """Whether ``model`` is an nnsight wrapper (``NNsight``, ``LanguageModel``, ``DiffusionModel``).
+
+    Every nnsight wrapper is an ``Envoy``; torch modules inside nnsight are not.
+    """
+    import sys
+
+    if "nnsight" not in sys.modules:
+        return False
+    from nnsight import Envoy
+
+    return isinstance(model, Envoy)
 
 
 def _unwrap(model: Any) -> Any:

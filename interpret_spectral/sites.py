@@ -238,6 +238,15 @@ class Adapter(abc.ABC):
         """
         return contextlib.nullcontext()
 
+    def bind(self, model: Any) -> Adapter:
+        """This adapter for ``model``, when it was made without one (a spec such as ``PathAdapter(...)``).
+
+        The default refuses: adapters that can be made without a model override it.
+        """
+        raise TypeError(
+            f"adapter {self.name!r} was made without a model and cannot bind one; construct it with the model"
+        )
+
     def run(self, batch: Any) -> None:
         """Run one forward pass (or several) on a model-ready batch."""
         args, kwargs = self.call_args(batch)
@@ -381,6 +390,8 @@ def resolve_adapter(model: Any, adapter: str | Adapter | type[Adapter] = "auto",
     if isinstance(adapter, Adapter):
         if options:
             raise TypeError("options are given to the adapter's constructor, not with an adapter instance")
+        if adapter.model is None:
+            return adapter.bind(model)
         return adapter
     if isinstance(adapter, type) and issubclass(adapter, Adapter):
         return adapter(model, **options)
