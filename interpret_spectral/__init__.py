@@ -6,11 +6,16 @@ The flow (see DESIGN.md)::
 
 Examples
 --------
->>> from interpret_spectral import probe, open_store
+>>> from interpret_spectral import probe, decompose, segment
+>>> store = probe(model, images)  # doctest: +SKIP
+>>> labels = segment(decompose(store, graph="qk"))  # doctest: +SKIP
 """
 
 __version__ = "0.1.0"
 
+from interpret_spectral.cluster import segment, upsample_labels
+from interpret_spectral.dataset_spectral import decompose_dataset
+from interpret_spectral.metrics import matched_miou, oracle_miou
 from interpret_spectral.probe import probe
 from interpret_spectral.sites import (
     Adapter,
@@ -20,6 +25,7 @@ from interpret_spectral.sites import (
     register_adapter,
     resolve_adapter,
 )
+from interpret_spectral.spectral import decompose, site_contributions
 from interpret_spectral.store import create_store, open_store, validate_store
 
 __all__ = [
@@ -28,6 +34,13 @@ __all__ = [
     "open_store",
     "create_store",
     "validate_store",
+    "decompose",
+    "decompose_dataset",
+    "site_contributions",
+    "segment",
+    "upsample_labels",
+    "oracle_miou",
+    "matched_miou",
     "Adapter",
     "AttentionSite",
     "Tap",

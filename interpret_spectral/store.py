@@ -175,8 +175,7 @@ class StoreWriter:
             f.createDimension(name, len(values))
             if values.dtype.kind in "US":
                 coord = f.createVariable(name, str, (name,))
-                for i, value in enumerate(values):
-                    coord[i] = str(value)
+                coord[:] = np.asarray([str(value) for value in values], dtype=object)
             else:
                 coord = f.createVariable(name, values.dtype, (name,))
                 coord[:] = values
@@ -198,8 +197,7 @@ class StoreWriter:
             group.createVariable("token_y", "i4", ("token",))[:] = token_y
             group.createVariable("token_x", "i4", ("token",))[:] = token_x
             kind = group.createVariable("token_kind", str, ("token",))
-            for i, value in enumerate(site.token_kinds):
-                kind[i] = value
+            kind[:] = np.asarray(site.token_kinds, dtype=object)
             for var in self.capture:
                 if var == "features":
                     group.createDimension("feature", self.feature_dims[site.name])
