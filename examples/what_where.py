@@ -153,8 +153,9 @@ def main() -> None:
     parser.add_argument("--solver", choices=("adam", "exact"), default="adam")
     parser.add_argument("--components", type=int, default=None, help="components (default 32; 8 with --quick)")
     parser.add_argument("--epochs", type=int, default=None, help="Adam epochs (default 6; 2 with --quick)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--batch-size", type=int, default=8, help="images per minibatch (Adam)")
+    parser.add_argument("--steps-per-batch", type=int, default=25, help="Adam steps per minibatch")
+    parser.add_argument("--lr", type=float, default=0.1, help="Adam learning rate")
     parser.add_argument("--intra", type=int, default=10)
     parser.add_argument("--inter", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
@@ -195,7 +196,7 @@ def main() -> None:
         seed=args.seed, progress=False,
     )
     if args.solver == "adam":
-        settings.update(batch_size=args.batch_size, epochs=epochs, lr=args.lr)
+        settings.update(batch_size=args.batch_size, steps_per_batch=args.steps_per_batch, epochs=epochs, lr=args.lr)
     rows: dict[str, dict[str, float]] = {}
     timings: dict[str, float] = {}
     for graph, name in (("qk", "QK graph ('where')"), ("vv", "VV graph ('what')")):
@@ -212,7 +213,8 @@ def main() -> None:
     rows["final-layer features (384-d)"] = score(final_features(store), masks, split_masks, n_classes, n_split,
                                                  args.seed)
     report = table(rows, n_classes, n_split)
-    solver_text = (f"adam, {epochs} epochs, batch {args.batch_size}, lr {args.lr}" if args.solver == "adam"
+    solver_text = (f"adam, {epochs} epochs, batch {args.batch_size}, {args.steps_per_batch} steps per batch, "
+                   f"lr {args.lr}" if args.solver == "adam"
                    else "exact (sparse eigensolver)")
     summary = (
         f"CamVid, {len(samples)} images, {model_name}, layers {layers}, intra {args.intra} / inter {args.inter}, "

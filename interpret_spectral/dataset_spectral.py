@@ -303,15 +303,13 @@ def _batch_walk(
 def _minibatch_walks(
     tree: xr.DataTree, sources: list[_Source], batches: list[np.ndarray], n_samples: int, settings: _Settings,
 ) -> list[list[sp.csr_matrix]]:
-    """``walks[b][l]``: the graph of site ``l`` over minibatch ``b``, reading every site once."""
+    """``walks[b][l]``: ``sym(P)`` of site ``l`` over minibatch ``b`` (float32), reading every site once."""
     walks: list[list[sp.csr_matrix]] = [[] for _ in batches]
     for source in sources:
         query, key = _read_site(tree, source, settings.graph, n_samples)
         for b, samples in enumerate(batches):
             walk = _batch_walk(query, key, samples, source, settings)
-            walk.indices = walk.indices.astype(np.int32)
-            walk.indptr = walk.indptr.astype(np.int32)
-            walks[b].append(walk.astype(np.float32))
+            walks[b].append(((walk + walk.T) * 0.5).astype(np.float32).tocsr())
         del query, key
     return walks
 
@@ -328,38 +326,51 @@ def _resampler(source: _Source, settings: _Settings) -> sp.csr_matrix | None:
 
 
 # -- the adam solver ---------------------------------------------------------------------
-class _SparseTorch:
-    """A constant sparse matrix applied with index_add (autograd through the dense side)."""
+class _SparseProduct(torch.autograd.Function):
+    """``matrix @ x`` for a constant scipy sparse ``matrix``; the gradient is ``matrix^T @ grad``."""
 
-    def __init__(self, matrix: sp.csr_matrix) -> None:
-        coo = matrix.tocoo()
-        self.rows = torch.from_numpy(coo.row.astype(np.int64))
-        self.cols = torch.from_numpy(coo.col.astype(np.int64))
-        self.vals = torch.from_numpy(coo.data.astype(np.float32))
-        self.shape = matrix.shape
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, matrix: sp.csr_matrix) -> torch.Tensor:  # type: ignore[override]
+        ctx.matrix = matrix
+        return torch.from_numpy(np.asarray(matrix @ x.detach().numpy())).to(x.dtype)
 
-    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
-        """``matrix @ x`` for ``x`` of shape ``(cols, ...)``."""
-        gathered = x[self.cols] * self.vals.view(-1, *([1] * (x.ndim - 1)))
-        return torch.zeros((self.shape[0], *x.shape[1:]), dtype=x.dtype).index_add_(0, self.rows, gathered)
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return torch.from_numpy(np.asarray(ctx.matrix.T @ grad.numpy())).to(grad.dtype), None
 
 
-def _resample_batch(x: torch.Tensor, g: _SparseTorch | None) -> torch.Tensor:
+class _QuadraticForms(torch.autograd.Function):
+    """``diag(x^T S x)`` for a constant symmetric scipy sparse ``S``; the gradient is ``2 S x``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, symmetric: sp.csr_matrix) -> torch.Tensor:  # type: ignore[override]
+        product = torch.from_numpy(np.asarray(symmetric @ x.detach().numpy())).to(x.dtype)
+        ctx.save_for_backward(product)
+        return (product * x.detach()).sum(dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (product,) = ctx.saved_tensors
+        return 2.0 * product * grad, None
+
+
+def _resample_batch(x: torch.Tensor, g: sp.csr_matrix | None) -> torch.Tensor:
     """``(B, n_out, K)`` -> ``(B * n_site, K)``: ``G`` applied to every sample."""
     b, n_out, k = x.shape
     if g is None:
         return x.reshape(b * n_out, k)
-    site = g @ x.permute(1, 0, 2)  # (n_site, B, K)
-    return site.permute(1, 0, 2).reshape(-1, k)
+    site = _SparseProduct.apply(x.permute(1, 0, 2).reshape(n_out, b * k), g)  # (n_site, B * K)
+    return site.reshape(-1, b, k).permute(1, 0, 2).reshape(-1, k)
 
 
-def _relaxed_loss(columns: torch.Tensor, walk: _SparseTorch) -> torch.Tensor:
-    """The authors' relaxed objective for one graph (column-normalised ``X``).
+def _relaxed_loss(columns: torch.Tensor, symmetric_walk: sp.csr_matrix) -> torch.Tensor:
+    """The authors' relaxed objective (Eq. 4) for one graph, on column-normalised ``X``.
 
-    ``mean_k |x_k^T P x_k - 1| + mean_{j != k} (x_j^T x_k)^2``.
+    ``mean_k |x_k^T P x_k - 1| + mean_{j != k} (x_j^T x_k)^2``, with ``x^T P x`` taken
+    as ``x^T sym(P) x`` (equal for every ``x``), as :func:`interpret_spectral.solvers.solve_adam` does.
     """
-    x = columns / columns.norm(dim=0, keepdim=True).clamp_min(1e-12)
-    rayleigh = (x * (walk @ x)).sum(dim=0)
+    x = torch.nn.functional.normalize(columns, dim=0)
+    rayleigh = _QuadraticForms.apply(x, symmetric_walk)
     gram = x.T @ x
     k = gram.shape[0]
     off_diagonal = gram - torch.diag(torch.diagonal(gram))
@@ -470,7 +481,7 @@ def _ritz(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rayleigh-Ritz of orthonormal ``basis`` under one epoch's minibatch graphs.
 
-    The operator is ``M = sum_b mean_l G_l^T P_bl G_l`` restricted to the tokens of
+    The operator is ``M = sum_b mean_l G_l^T sym(P_bl) G_l``, ``b`` acting on the tokens of
     minibatch ``b``: the objective of one pass over the data.
     """
     k = basis.shape[1]
@@ -495,7 +506,7 @@ def _solve_adam(
     n_out = settings.grid[0] * settings.grid[1]
     n_batches = math.ceil(n_samples / batch_size)
     resamplers = [_resampler(source, settings) for source in sources]
-    resamplers_torch = [None if g is None else _SparseTorch(g) for g in resamplers]
+    resamplers32 = [None if g is None else g.astype(np.float32) for g in resamplers]
     generator = torch.Generator().manual_seed(seed)
     state: _AdamState | None = None
     if checkpoint is not None and checkpoint.exists():
@@ -547,12 +558,12 @@ def _solve_adam(
                     tree, sources, batches[next_batch:], n_samples, settings
                 )
             samples = batches[next_batch]
-            walks = [_SparseTorch(walk) for walk in epoch_walks[next_batch]]
+            walks = epoch_walks[next_batch]
             for _ in range(steps_per_batch):
                 optimizer.zero_grad(set_to_none=True)
                 x = torch.stack([params[i] for i in samples]).softmax(dim=-1)
                 loss = torch.stack([
-                    _relaxed_loss(_resample_batch(x, g), walk) for g, walk in zip(resamplers_torch, walks)
+                    _relaxed_loss(_resample_batch(x, g), walk) for g, walk in zip(resamplers32, walks)
                 ]).mean()
                 loss.backward()
                 optimizer.step()

@@ -506,9 +506,9 @@ class SiteGraphs:
         Examples
         --------
         >>> import numpy as np
-        >>> g = SiteGraphs.from_tokens("vv", grid=(1, 2), v=np.ones((1, 2, 2)))
+        >>> g = SiteGraphs.from_tokens("vv", grid=(1, 2), v=np.eye(2)[None])
         >>> g.dense().tolist()
-        [[[0.5, 0.5], [0.5, 0.5]]]
+        [[[1.0, 0.0], [0.0, 1.0]]]
         """
         return torch.cat([self._rows(start, stop) for start, stop in self._chunks()], dim=1)
 
@@ -578,6 +578,16 @@ class SiteGraphs:
         for start, stop in self._chunks():
             out[start:stop] += torch.einsum("g,gij->ij", w, self._rows(start, stop))
         return out
+
+
+def _symmetrize_(m: torch.Tensor, block: int = 512) -> None:
+    """``m <- (m + m^T) / 2`` in place, a block of rows at a time (no second ``n x n`` matrix)."""
+    n = m.shape[0]
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        mean = 0.5 * (m[start:stop, start:] + m[start:, start:stop].T)
+        m[start:stop, start:] = mean
+        m[start:, start:stop] = mean.T
 
 
 class LayerDistributedOperator:
@@ -742,6 +752,7 @@ class LayerDistributedOperator:
         ``N^2`` plus the largest other grid squared, whatever the number of graphs.
         """
         n = self.size
+        block = 512
         m = torch.zeros(n, n, dtype=torch.float64, device=self.device)
         for grid, graphs in self._by_grid().items():
             summed = m if grid == self.out_grid else None
@@ -749,12 +760,16 @@ class LayerDistributedOperator:
                 summed = graph.weighted_dense(self.normalized_weights(graph), out=summed)
             if grid == self.out_grid:
                 continue
-            left = self.resample_adjoint(summed, grid)  # G^T S: (N, n_grid)
+            left_t = self.resample_adjoint(summed, grid).T  # (G^T S)^T: (n_grid, N)
             del summed
-            # G^T (G^T S)^T = (G^T S G)^T: the same once symmetrised below
-            m += self.grid_scale(grid) * self.resample_adjoint(left.T.contiguous(), grid)
-            del left
-        m = m.add(m.T).mul_(0.5)
+            # G^T (G^T S)^T = (G^T S G)^T: the same once symmetrised below; a block of columns
+            # at a time, so that no second N x N matrix is held
+            for start in range(0, n, block):
+                stop = min(start + block, n)
+                block_cols = self.resample_adjoint(left_t[:, start:stop].contiguous(), grid)
+                m[:, start:stop].add_(block_cols, alpha=self.grid_scale(grid))
+            del left_t
+        _symmetrize_(m)
         return m.cpu().numpy()
 
     def rayleigh_quotients(self, x: Any) -> list[torch.Tensor]:

@@ -8,9 +8,10 @@ top ``n_components`` eigenvectors of ``M``.
 
 - ``method="eigh"``: the explicit ``M`` (``N x N``) and LAPACK's ``eigh`` restricted to
   the top eigenpairs; the fastest for small ``N`` (the default up to
-  :data:`DENSE_THRESHOLD` tokens, e.g. DINOv2 at 448 px = 1024 tokens);
+  :data:`DENSE_THRESHOLD` tokens, e.g. DINOv2 at 224 px = 256 tokens);
 - ``method="lanczos"``: the explicit ``M`` and ARPACK (``scipy.sparse.linalg.eigsh``);
-  faster than ``eigh`` for larger ``N`` while ``M`` fits in ``max_dense_bytes``;
+  faster than ``eigh`` for larger ``N`` (e.g. DINOv2 at 448 px = 1024 tokens, Stable
+  Diffusion at 64x64 = 4096 tokens) while ``M`` fits in ``max_dense_bytes``;
 - ``method="lobpcg"``: matrix-free: ``M`` is never formed, every product ``M Y`` recomputes
   attention row chunk by row chunk (``P Y`` is attention with values ``Y``), so memory
   is ``O(N m)`` plus one chunk, whatever the number of graphs.  Chosen when ``M`` does
@@ -31,7 +32,10 @@ loss is
     + \\text{ortho\\_weight} \\cdot \\operatorname{mean}_{\\text{sites}}
       \\operatorname{mean}_{c \\ne c'} (x_c^T x_{c'})^2
 
-minimised by Adam.  ``parametrization="softmax"`` makes ``X`` the softmax over
+minimised by Adam (the orthogonality term is taken on each site's grid and averaged
+over sites weighted by the total weight of their graphs; with the default weights
+every site has one term per head, as in the authors' code, where it is per layer).
+``parametrization="softmax"`` makes ``X`` the softmax over
 components of free logits (the authors produce those logits with a small CNN from a
 fixed random input; here the logits themselves are the parameters), ``"free"`` makes
 ``X`` the parameter.  The authors weigh the two terms 2 and 2; Adam is invariant to
@@ -39,6 +43,15 @@ the scale of the loss, so only their ratio, ``ortho_weight = 1``, matters.  With
 several timesteps one recorded timestep is drawn per step (the authors' attention
 buffer, with the store as the buffer), and ``accumulate`` steps of gradients are
 summed before every Adam update (``accum_grads``).
+
+Eq. 4 and the exact problem share their optimum only approximately: the soft
+orthogonality lets maps lean towards the top eigenvector when that gains more
+Rayleigh quotient than the penalty costs (with ``C`` components, roughly when the top
+eigenvalue exceeds the next by more than ``2 ortho_weight / (C - 1)``), and
+``|x^T P x - 1|`` stops rewarding a quotient at 1 where ``sym(P)`` can exceed 1.  On
+planted groups the two subspaces are a few degrees apart; on DINOv2-S/14 attention
+with 10 components their median principal angle was 9-13 degrees and the largest,
+in the last components, 60-85 degrees (``benchmarks/bench_decompose.py``).
 
 Every result goes through the same finish: orthogonalisation (Eq. 8,
 :func:`orthogonalize`), a Rayleigh-Ritz rotation inside the span (so that the
@@ -54,7 +67,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -86,9 +98,11 @@ PARAMETRIZATIONS: tuple[str, ...] = ("free", "softmax")
 INITS: tuple[str, ...] = ("random", "exact")
 
 #: Largest number of output tokens for which ``method="auto"`` uses LAPACK ``eigh``
-#: (measured on 2 cores: at 1024 tokens eigh takes ~0.1 s, ARPACK about as long; at
-#: 4096 tokens eigh takes 20 s and ARPACK ~1 s on attention graphs).
-DENSE_THRESHOLD = 1600
+#: (measured on 2 busy cores, 10 components: at 576 tokens single-threaded eigh takes
+#: 0.12 s and ARPACK 0.05-0.2 s; at 1024 tokens eigh 0.33 s and ARPACK 0.05 s on
+#: DINOv2-S/14 attention, up to 1.1 s on a random matrix; at 4096 tokens eigh 4-20 s
+#: and ARPACK about 1 s).
+DENSE_THRESHOLD = 800
 
 #: Default memory bound of the explicit ``M`` (float64) before ``"auto"`` goes matrix-free.
 MAX_DENSE_BYTES = 2**30
@@ -343,11 +357,9 @@ def solve_exact(
         linear = scipy.sparse.linalg.LinearOperator((n, n), matvec=matmat, matmat=matmat, dtype=np.float64)
         guard = min(n - n_components, max(2, n_components // 2))
         block = rng.standard_normal((n, n_components + guard))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            eigenvalues, x = scipy.sparse.linalg.lobpcg(
-                linear, block, largest=True, tol=tol, maxiter=500 if maxiter is None else maxiter
-            )
+        eigenvalues, x = scipy.sparse.linalg.lobpcg(
+            linear, block, largest=True, tol=tol, maxiter=500 if maxiter is None else maxiter
+        )
         order = np.argsort(-eigenvalues)[:n_components]
         vectors, values = _finish(x[:, order], apply)
         iterations = count[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from scipy.linalg import subspace_angles
 from sklearn.cluster import KMeans
@@ -164,12 +165,26 @@ def test_exact_and_adam_span_the_same_planted_subspace(solved, graph):
     assert angles.max() < 20.0, angles
 
 
-def test_resampling_to_a_finer_grid_keeps_the_structure(planted):
+@pytest.mark.parametrize("options", [ADAM, EXACT], ids=["adam", "exact"])
+def test_resampling_to_a_finer_grid_keeps_the_structure(planted, options):
     store, classes, _ = planted
-    result = decompose_dataset(store, graph="vv", **{**EXACT, "grid": 2 * SIDE})
-    coarse = result["vectors"].values[:, ::2, ::2, :]
+    result = decompose_dataset(store, graph="vv", **{**options, "grid": 2 * SIDE})
     assert result["vectors"].shape[1:3] == (2 * SIDE, 2 * SIDE)
+    coarse = result["vectors"].values[:, ::2, ::2, :]
     assert kmeans_ari(coarse, classes, N_CLASSES) > 0.9
+
+
+def test_sparse_autograd_functions_have_exact_gradients():
+    rng = np.random.default_rng(0)
+    matrix = sp.random(7, 5, density=0.5, random_state=1, format="csr")
+    symmetric = sp.random(5, 5, density=0.5, random_state=2, format="csr")
+    symmetric = ((symmetric + symmetric.T) * 0.5).tocsr()
+    x = torch.tensor(rng.standard_normal((5, 3)), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: dataset_spectral._SparseProduct.apply(t, matrix), (x,))
+    assert torch.autograd.gradcheck(lambda t: dataset_spectral._QuadraticForms.apply(t, symmetric), (x,))
+    forms = dataset_spectral._QuadraticForms.apply(x, symmetric).detach().numpy()
+    np.testing.assert_allclose(forms, np.einsum("ik,ij,jk->k", x.detach().numpy(), symmetric.toarray(),
+                                                x.detach().numpy()))
 
 
 # -- streaming ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from interpret_spectral.graphs import (
     LayerDistributedOperator,
+    _symmetrize_,
     SiteGraphs,
     qk_affinity,
     resampling_matrix,
@@ -205,3 +206,23 @@ def test_operator_rejects_zero_weights_and_empty():
         LayerDistributedOperator([graph], 2)
     with pytest.raises(ValueError, match="at least one"):
         LayerDistributedOperator([], 2)
+
+
+def test_blockwise_symmetrisation():
+    m = torch.from_numpy(np.random.default_rng(5).normal(size=(11, 11)))
+    expected = 0.5 * (m + m.T)
+    _symmetrize_(m, block=3)
+    np.testing.assert_allclose(m.numpy(), expected.numpy(), atol=1e-15)
+
+
+def test_dense_m_over_several_column_blocks_matches_matmat():
+    """An output grid above the 512-column block of dense() (576 tokens), a coarse site resampled."""
+    rng = np.random.default_rng(6)
+    fine = SiteGraphs.from_tokens("vv", grid=(24, 24), v=rng.normal(size=(1, 576, 4)))
+    q, k = rng.normal(size=(2, 2, 36, 4))
+    coarse = SiteGraphs.from_tokens("qk", grid=(6, 6), q=q, k=k, scale=1.0)
+    op = LayerDistributedOperator([fine, coarse], (24, 24), "bilinear")
+    m = op.dense()
+    np.testing.assert_allclose(m, m.T, atol=1e-15)
+    x = rng.normal(size=(576, 3))
+    np.testing.assert_allclose(m @ x, op.matmat(x).numpy(), atol=1e-12)

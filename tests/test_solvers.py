@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy.linalg import subspace_angles
 
 import interpret_spectral.solvers as solvers
@@ -129,7 +130,7 @@ def test_exact_rejects_bad_input():
 @pytest.fixture(scope="module")
 def planted_operator():
     store = planted_store(n_samples=1, grids=((8, 8), (4, 4)), n_groups=3, num_heads=2, seed=0)
-    return sample_operator(store, 0, dtype=solvers.torch.float32)
+    return sample_operator(store, 0, dtype=torch.float32)
 
 
 def test_adam_defaults_land_near_exact(planted_operator):
@@ -173,7 +174,7 @@ def test_adam_accumulate_sums_gradients(planted_operator):
 
 def test_adam_draws_one_timestep_per_step(monkeypatch):
     store = planted_store(n_samples=1, grids=((6, 6), (3, 3)), n_groups=2, timesteps=[10, 500, 900])
-    op = sample_operator(store, 0, dtype=solvers.torch.float32)
+    op = sample_operator(store, 0, dtype=torch.float32)
     assert {g.timestep for g in op.graphs} == {0, 1, 2}
     drawn: list[set] = []
     original = solvers._eq4_loss
@@ -184,7 +185,7 @@ def test_adam_draws_one_timestep_per_step(monkeypatch):
 
     monkeypatch.setattr(solvers, "_eq4_loss", spy)
     solve_adam(op, 2, steps=40, seed=1)
-    steps = [d for d in drawn[:40]]
+    steps = drawn[:40]
     assert all(len(d) == 1 for d in steps)  # one timestep per loss evaluation
     assert {next(iter(d)) for d in steps} == {0, 1, 2}
     first = [next(iter(d)) for d in steps]
