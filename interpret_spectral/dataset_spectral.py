@@ -17,18 +17,23 @@ the objective is ``mean_l tr(X^T G_l^T P_l G_l X)`` with orthonormal ``X``.
 
 Two solvers:
 
-* ``solver="adam"`` is the paper's procedure and the authors' code: softmax
-  logits of ``X`` for every sample; each minibatch of samples gets its graphs
-  (neighbours from the minibatch only) and ``steps_per_batch`` Adam steps on the
-  relaxed objective (the per-column Rayleigh quotient ``x^T P x`` of the
-  column-normalised ``G X`` pushed to 1 by ``|. - 1|``, plus the squared
-  off-diagonal of its Gram matrix).  The result is orthogonalised (Eq. 8) over
-  all tokens of all samples, then rotated within its span by a Rayleigh-Ritz step
-  on the last epoch's minibatch graphs, which orders the components and gives
-  their ``values``.
+* ``solver="adam"`` is the paper's procedure and the authors' code: a table of
+  softmax logits of ``X`` for every sample (the authors' per-image lookup table);
+  each minibatch of samples gets its graphs (neighbours from the minibatch only)
+  and ``steps_per_batch`` Adam steps on the relaxed objective of
+  :func:`interpret_spectral.solvers.solve_adam` (the per-column Rayleigh quotient
+  ``x^T P x`` of the column-normalised ``G X`` pushed to 1 by ``|. - 1|``, plus the
+  squared off-diagonal of its Gram matrix, averaged over sites).  The result is
+  read from the logits themselves (the authors' code renders its final maps from
+  an exponential moving average of them, decay 0.99; that is left out),
+  orthogonalised (Eq. 8) over all tokens of all samples, then rotated within its
+  span by a Rayleigh-Ritz step on the last epoch's minibatch graphs, which orders
+  the components and gives their ``values``.
 * ``solver="exact"`` goes beyond the paper: one sparse graph per site over all
-  tokens of all samples (neighbours from the whole dataset), ``M = mean_l G_l^T
-  sym(P_l) G_l`` assembled as a sparse matrix, and its top eigenvectors from
+  tokens of all samples (neighbours from the whole dataset), ``M = mean_l (N /
+  n_l) G_l^T sym(P_l) G_l`` (``N / n_l``, output over site tokens, puts every site
+  on one scale as :class:`~interpret_spectral.graphs.LayerDistributedOperator`
+  does) assembled as a sparse matrix, and its top eigenvectors from
   :func:`scipy.sparse.linalg.eigsh`; for datasets whose graph fits in memory.
 
 Both read the store one site at a time, in contiguous runs of samples: a pass
@@ -60,10 +65,9 @@ import xarray as xr
 from scipy.sparse.linalg import eigsh
 
 from interpret_spectral.graphs import resampling_matrix
-from interpret_spectral.probe import select_sites
-from interpret_spectral.sites import AttentionSite
 from interpret_spectral.solvers import fix_signs, orthogonalize, rayleigh_ritz
-from interpret_spectral.store import open_store, patch_tokens, sample_ids, site_names
+from interpret_spectral.spectral import _open, _timesteps, select_layers
+from interpret_spectral.store import patch_tokens, sample_ids
 
 __all__ = ["decompose_dataset", "intra_inter_topk"]
 
@@ -154,7 +158,7 @@ def intra_inter_topk(
         images_per_chunk = max(1, int(chunk_size) // n)
     values = torch.empty(total, k_intra + k_inter, dtype=query.dtype)
     indices = torch.empty(total, k_intra + k_inter, dtype=torch.int64)
-    not_self = ~torch.eye(n, dtype=torch.bool)
+    self_loops = torch.eye(n, dtype=torch.bool)
     for first in range(0, n_images, images_per_chunk):
         last = min(first + images_per_chunk, n_images)
         rows = slice(first * n, last * n)
@@ -164,14 +168,13 @@ def intra_inter_topk(
         images = torch.arange(first, last)
         if k_intra:
             block = sims[own, :, images, :]  # (chunk, n, n): each image against itself
-            block = block.masked_fill(~not_self, float("-inf"))
+            block = block.masked_fill(self_loops, float("-inf"))
             v, i = block.topk(k_intra, dim=-1)
             values[rows, :k_intra] = v.reshape(-1, k_intra)
             indices[rows, :k_intra] = (i + images.view(-1, 1, 1) * n).reshape(-1, k_intra)
         if k_inter:
-            others = sims.clone()
-            others[own, :, images, :] = float("-inf")
-            v, i = others.view(chunk * n, total).topk(k_inter, dim=-1)
+            sims[own, :, images, :] = float("-inf")  # the intra block above is a copy
+            v, i = sims.view(chunk * n, total).topk(k_inter, dim=-1)
             values[rows, k_intra:] = v
             indices[rows, k_intra:] = i
     return values, indices
@@ -197,59 +200,34 @@ class _Source:
     """One graph: a site (at one timestep, for stores with timesteps)."""
 
     site: str
-    timestep: int | None
+    timestep: int | None  # position along the store's timestep dimension
+    label: str
     grid: tuple[int, int]
-
-    @property
-    def label(self) -> str:
-        return self.site if self.timestep is None else f"{self.site}@{self.timestep}"
 
     @property
     def tokens(self) -> int:
         return self.grid[0] * self.grid[1]
 
 
-def _store_sites(tree: xr.DataTree) -> list[AttentionSite]:
-    """The store's sites as AttentionSite objects (for site selection)."""
-    sites = []
-    for name in site_names(tree):
-        node = tree[name]
-        attrs = node.attrs
-        sites.append(
-            AttentionSite(
-                name, str(attrs["module"]), int(attrs["order"]), int(attrs["num_heads"]), int(attrs["head_dim"]),
-                float(attrs["scale"]), (int(attrs["grid_h"]), int(attrs["grid_w"])),
-                tuple(str(kind) for kind in node["token_kind"].values),
-            )
-        )
-    return sites
-
-
-def _sources(
-    tree: xr.DataTree, graph: str, layers: Any, timesteps: int | Sequence[int] | None
-) -> list[_Source]:
+def _sources(tree: xr.DataTree, graph: str, layers: Any, timesteps: Any) -> list[_Source]:
+    """The graphs: every chosen site, at every chosen timestep (as :func:`~interpret_spectral.decompose`)."""
     needed = ("v",) if graph == "vv" else ("q", "k")
-    sources: list[_Source] = []
-    for site in select_sites(_store_sites(tree), layers):
-        node = tree[site.name]
-        missing = [var for var in needed if var not in node.data_vars]
+    names = select_layers(tree, layers)
+    for name in names:
+        missing = [var for var in needed if var not in tree[name].data_vars]
         if missing:
             raise ValueError(
-                f"site {site.name!r} has no {', '.join(missing)}: graph={graph!r} needs {' and '.join(needed)}; "
-                f"probe with capture=('q', 'k', 'v')"
+                f"site {name!r} has no {', '.join(missing)}: graph={graph!r} needs {' and '.join(needed)}; "
+                "probe with capture=('q', 'k', 'v')"
             )
-        dims = node[needed[0]].dims
-        if "timestep" not in dims:
-            if timesteps is not None:
-                raise ValueError(f"site {site.name!r} has no timestep dimension; pass timesteps=None")
-            sources.append(_Source(site.name, None, site.grid))
-            continue
-        count = int(node[needed[0]].sizes["timestep"])
-        chosen = range(count) if timesteps is None else [timesteps] if isinstance(timesteps, int) else timesteps
-        for t in chosen:
-            if not -count <= int(t) < count:
-                raise IndexError(f"timestep index {t} is out of range for {count} timesteps")
-            sources.append(_Source(site.name, int(t) % count, site.grid))
+    positions, values = _timesteps(tree, names, timesteps)
+    sources = []
+    for name in names:
+        grid = (int(tree[name].attrs["grid_h"]), int(tree[name].attrs["grid_w"]))
+        if positions is None:
+            sources.append(_Source(name, None, name, grid))
+        else:
+            sources.extend(_Source(name, p, f"{name}@t={v}", grid) for p, v in zip(positions, values))
     return sources
 
 
@@ -413,11 +391,11 @@ def _save_checkpoint(path: Path, state: _AdamState, config: dict[str, Any]) -> N
 
 
 def _load_checkpoint(path: Path) -> tuple[_AdamState, dict[str, Any]]:
+    from safetensors import SafetensorError, safe_open
+
     names = [f.name for f in dataclasses.fields(_AdamState)]
     try:
         if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
             with safe_open(str(path), framework="pt") as handle:
                 metadata = json.loads((handle.metadata() or {})["interpret_spectral"])
                 arrays = {name: handle.get_tensor(name) for name in names}
@@ -425,7 +403,7 @@ def _load_checkpoint(path: Path) -> tuple[_AdamState, dict[str, Any]]:
             with np.load(path, allow_pickle=False) as handle:
                 metadata = json.loads(str(handle["metadata"]))
                 arrays = {name: torch.from_numpy(handle[name].copy()) for name in names}
-    except (KeyError, ValueError, OSError) as error:
+    except (KeyError, ValueError, OSError, SafetensorError) as error:
         raise ValueError(
             f"{path} is not a decompose_dataset checkpoint ({type(error).__name__}: {error}); "
             "delete it or pass another checkpoint path"
@@ -471,7 +449,7 @@ def _capture_state(
 
 
 def _batches(order: np.ndarray, n_batches: int) -> list[np.ndarray]:
-    """Split into ``n_batches`` near-equal minibatches, each sorted (the store reads in order)."""
+    """Split an epoch's order into ``n_batches`` near-equal minibatches (each sorted: tokens in sample order)."""
     return [np.sort(part) for part in np.array_split(order, n_batches)]
 
 
@@ -481,8 +459,8 @@ def _ritz(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rayleigh-Ritz of orthonormal ``basis`` under one epoch's minibatch graphs.
 
-    The operator is ``M = sum_b mean_l G_l^T sym(P_bl) G_l``, ``b`` acting on the tokens of
-    minibatch ``b``: the objective of one pass over the data.
+    The operator is ``M = sum_b mean_l G_l^T sym(P_bl) G_l``, where ``P_bl`` links the
+    tokens of minibatch ``b`` only: the objective of one pass over the data.
     """
     k = basis.shape[1]
     blocks = basis.reshape(-1, n_out, k)
@@ -660,7 +638,7 @@ def decompose_dataset(
     progress: bool = True,
     *,
     resample: Literal["bilinear", "area"] = "bilinear",
-    timesteps: int | Sequence[int] | None = None,
+    timesteps: Any = None,
     checkpoint_every: int | None = None,
     chunk_size: int | None = None,
 ) -> xr.Dataset:
@@ -699,7 +677,9 @@ def decompose_dataset(
     epochs : int
         Passes over the samples (``adam``).
     lr : float
-        Adam learning rate.
+        Adam learning rate (the authors' 1e-2; the parameters are logits, as in
+        their code).  With few epochs a larger rate and more steps per minibatch
+        converge sooner: ``examples/what_where.py`` uses 0.1 and 25 steps.
     layers : None, int, str or sequence
         Sites to use, as for :func:`interpret_spectral.probe` (indices in forward
         order, names or glob patterns); all when None.
@@ -720,9 +700,11 @@ def decompose_dataset(
         Show a tqdm progress bar.
     resample : {"bilinear", "area"}
         How the output grid is resampled to each site's grid.
-    timesteps : int or sequence of int, optional
-        Timestep positions to use for stores with a ``timestep`` dimension (each
-        site and timestep is one graph); all when None.
+    timesteps : scalar or sequence, optional
+        For stores with a ``timestep`` dimension: the timesteps to use, as values
+        of its coordinate (e.g. diffusion timesteps), as in
+        :func:`interpret_spectral.decompose`; every site and timestep is one graph.
+        All when None.
     checkpoint_every : int, optional
         Also save every this many minibatches.
     chunk_size : int, optional
@@ -781,7 +763,7 @@ def decompose_dataset(
         if checkpoint_path.suffix not in _CHECKPOINT_SUFFIXES:
             raise ValueError(f"checkpoint must end in {' or '.join(_CHECKPOINT_SUFFIXES)}, got {checkpoint_path}")
 
-    tree = open_store(store) if isinstance(store, (str, os.PathLike)) else store
+    tree = _open(store)
     ids = sample_ids(tree)
     n_samples = len(ids)
     if n_samples < 1:

@@ -202,7 +202,11 @@ class StoreWriter:
                 if var == "features":
                     group.createDimension("feature", self.feature_dims[site.name])
                 shape = self._var_shape(site, var)
-                variable = group.createVariable(var, self.dtype, self._var_dims(var), chunksizes=(1, *shape))
+                # h5netcdf's default fill values know no float16: give one.
+                fill = {"fillvalue": np.float16(np.nan)} if self.dtype == np.float16 else {}
+                variable = group.create_variable(
+                    var, self._var_dims(var), dtype=self.dtype, chunks=(1, *shape), **fill
+                )
                 # CF convention: xarray reads these as the variable's coordinates.
                 variable.setncattr("coordinates", "token_y token_x token_kind")
         f.sync()

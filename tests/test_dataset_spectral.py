@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -21,13 +23,14 @@ N_QUADRANTS = 4
 
 
 def planted_store(n_images: int = 12, heads: int = 2, head_dim: int = 8, n_sites: int = 2, noise: float = 0.3,
-                  seed: int = 0, path=None):
+                  seed: int = 0, path=None, timesteps=None):
     """A store whose values carry a token class shared across images and whose q/k carry position only.
 
     Every image paints its nine 2 x 2 blocks with random classes (so classes are
     independent of position); ``v`` is the class's embedding plus noise, ``q`` and
     ``k`` are the embedding of the token's quadrant plus independent noise.  Each
-    site gets fresh noise and a CLS token of pure noise.
+    site (and each of ``timesteps``, coordinate values, when given) gets fresh noise
+    and a CLS token of pure noise.
 
     Returns the store, the class of every token ``(n_images, SIDE * SIDE)`` and its quadrant.
     """
@@ -47,12 +50,15 @@ def planted_store(n_images: int = 12, heads: int = 2, head_dim: int = 8, n_sites
                       ("cls",) + ("patch",) * n)
         for i in range(n_sites)
     ]
-    writer = create_store(sites, path=path, attrs={"model": "planted"})
+    extra = None if timesteps is None else {"timestep": list(timesteps)}
+    writer = create_store(sites, path=path, attrs={"model": "planted"}, extra_dims=extra)
 
     def tokens(embedding: np.ndarray) -> np.ndarray:
-        patch = embedding + noise * rng.standard_normal(embedding.shape)
-        sequence = np.concatenate([rng.standard_normal((1, width)), patch])
-        return sequence.reshape(1, n + 1, heads, head_dim).transpose(0, 2, 1, 3)
+        steps = 1 if timesteps is None else len(timesteps)
+        patch = embedding + noise * rng.standard_normal((steps, *embedding.shape))
+        sequence = np.concatenate([rng.standard_normal((steps, 1, width)), patch], axis=1)
+        sequence = sequence.reshape(steps, n + 1, heads, head_dim).transpose(0, 2, 1, 3)
+        return sequence if timesteps is None else sequence[None]
 
     for s in range(n_images):
         writer.append([f"img{s:02d}"], {
@@ -174,6 +180,19 @@ def test_resampling_to_a_finer_grid_keeps_the_structure(planted, options):
     assert kmeans_ari(coarse, classes, N_CLASSES) > 0.9
 
 
+def test_timesteps_are_graphs_of_their_own():
+    store, classes, _ = planted_store(timesteps=[999, 500])
+    both = decompose_dataset(store, graph="vv", **EXACT)
+    assert json.loads(both.attrs["sites"]) == [
+        "blocks.0.attn@t=999", "blocks.0.attn@t=500", "blocks.1.attn@t=999", "blocks.1.attn@t=500"
+    ]
+    one = decompose_dataset(store, graph="vv", timesteps=500, **EXACT)
+    assert json.loads(one.attrs["sites"]) == ["blocks.0.attn@t=500", "blocks.1.attn@t=500"]
+    assert kmeans_ari(one["vectors"], classes, N_CLASSES) > 0.9
+    with pytest.raises(KeyError, match="timestep 7"):
+        decompose_dataset(store, graph="vv", timesteps=7, **EXACT)
+
+
 def test_sparse_autograd_functions_have_exact_gradients():
     rng = np.random.default_rng(0)
     matrix = sp.random(7, 5, density=0.5, random_state=1, format="csr")
@@ -244,6 +263,14 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(planted, tmp_path, 
     monkeypatch.setattr(dataset_spectral, "_relaxed_loss", None)
     again = decompose_dataset(store, graph="qk", checkpoint=path, **options)
     np.testing.assert_allclose(again["vectors"].values, reference["vectors"].values, atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_unreadable_checkpoint_is_refused(planted, tmp_path, suffix):
+    path = tmp_path / f"state{suffix}"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a decompose_dataset checkpoint"):
+        decompose_dataset(planted[0], graph="vv", checkpoint=path, **ADAM)
 
 
 def test_checkpoint_with_other_settings_is_refused(planted, tmp_path):

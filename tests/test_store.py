@@ -168,3 +168,12 @@ def test_batch_that_crashed_mid_write_is_left_out_and_overwritten(tmp_path):
     store = writer.close()
     assert sample_ids(store) == batches[0][0] + batches[1][0]
     np.testing.assert_allclose(store["blocks.0.attn"]["q"].values[2:], batches[1][1]["blocks.0.attn"]["q"], rtol=1e-6)
+
+
+def test_float16_on_disk(tmp_path):
+    writer = create_store(_sites(), dtype="float16", path=tmp_path / "half.h5")
+    ids, arrays = _batches(np.random.default_rng(6), n_batches=1)[0]
+    writer.append(ids, arrays)
+    store = writer.close()
+    assert store["blocks.0.attn"]["q"].dtype == np.float16
+    np.testing.assert_allclose(store["blocks.0.attn"]["q"].values, arrays["blocks.0.attn"]["q"], rtol=1e-3, atol=1e-3)
