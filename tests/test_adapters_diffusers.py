@@ -17,7 +17,8 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 from PIL import Image  # noqa: E402
-from test_adapters_mha_path import REL_TOL, no_hooks_left, rebuild_errors  # noqa: E402
+from interpret_spectral.probe import rebuild_errors  # noqa: E402
+from test_adapters_mha_path import REL_TOL, no_hooks_left  # noqa: E402
 
 from interpret_spectral import probe  # noqa: E402
 from interpret_spectral.adapters.diffusers_unet import DiffusersUNetAdapter  # noqa: E402

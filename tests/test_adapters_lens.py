@@ -16,7 +16,8 @@ from torch import nn
 transformer_lens = pytest.importorskip("transformer_lens")
 transformers = pytest.importorskip("transformers")
 
-from test_adapters_mha_path import REL_TOL, rebuild_errors  # noqa: E402
+from interpret_spectral.probe import rebuild_errors  # noqa: E402
+from test_adapters_mha_path import REL_TOL  # noqa: E402
 from transformer_lens import HookedRootModule, TransformerBridge, TransformerBridgeConfig  # noqa: E402
 from transformer_lens.hook_points import HookPoint  # noqa: E402
 from transformer_lens.model_bridge.sources import build_bridge_from_module  # noqa: E402

