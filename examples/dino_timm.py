@@ -28,13 +28,10 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"  # read the local cache only; never download
 
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from interpret_spectral import probe, viz  # noqa: E402
+from _common import decompose_and_plot, example_images, example_parser, segments_per_image  # noqa: E402
+from interpret_spectral import probe  # noqa: E402
 from interpret_spectral.cli import WeightsNotFoundError, load_model  # noqa: E402
-from interpret_spectral.cluster import segment  # noqa: E402
-from interpret_spectral.demo import demo_image  # noqa: E402
-from interpret_spectral.spectral import decompose  # noqa: E402
 
 MODEL = "vit_small_patch16_224.dino"
 
@@ -54,32 +51,19 @@ def load(args: argparse.Namespace) -> torch.nn.Module:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", nargs="*", help="image files (default: scikit-image's astronaut and coffee)")
-    parser.add_argument("--weights", help="local .safetensors/.pth checkpoint of vit_small_patch16_224.dino")
-    parser.add_argument("--random-init", action="store_true", help="tiny random-init model of the same class")
-    parser.add_argument("--image-size", type=int, default=448, help="input side in pixels, a multiple of 16")
-    parser.add_argument("--n-components", type=int, default=10)
-    parser.add_argument("--k", type=int, default=None, help="segments per image (default: by silhouette)")
-    parser.add_argument("--out", default="out/examples/dino_timm")
+    parser = example_parser(__doc__, out="out/examples/dino_timm", image_size=448,
+                            size_help="input side in pixels, a multiple of 16",
+                            weights_help='local .safetensors/.pth checkpoint of vit_small_patch16_224.dino')
     args = parser.parse_args()
 
     model = load(args)
-    names = [Path(p).stem for p in args.images] if args.images else ["astronaut", "coffee"]
-    images = [Image.open(p) for p in args.images] if args.images else [demo_image(n) for n in names]
+    names, images = example_images(args)
     # One store: q, k, v of every block, (sample, head, token, channel) per site.
     store = probe(model, images, image_size=args.image_size, sample_ids=names, progress=False)
     out = Path(args.out)
-    for graph in ("qk", "vv"):
-        result = decompose(store, graph=graph, n_components=args.n_components, progress=False)
-        labels = segment(result, k=args.k)
-        for i, name in enumerate(names):
-            image = viz.store_image(store, i)
-            viz.plot_eigenvectors(result, sample=i, image=image, start=1, n_groups=1,
-                                  path=out / f"{name}_eigenvectors_{graph}.png")
-            viz.plot_segments(labels, image, sample=i, path=out / f"{name}_segments_{graph}.png")
+    for graph, result, labels in decompose_and_plot(store, names, args):
         values = ", ".join(f"{v:.3f}" for v in result["values"].isel(sample=0).values[:4])
-        print(f"{graph.upper()}: segments per image {dict(zip(names, labels['k'].values.tolist()))}; "
+        print(f"{graph.upper()}: segments per image {segments_per_image(names, labels)}; "
               f"top eigenvalues of {names[0]}: {values}")
     print(f"figures in {out}")
 

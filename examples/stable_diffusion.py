@@ -32,12 +32,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # read the local cache only; never download
 
 import diffusers  # noqa: E402
 import transformers  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from interpret_spectral import probe, viz  # noqa: E402
-from interpret_spectral.cluster import segment  # noqa: E402
-from interpret_spectral.demo import demo_image  # noqa: E402
-from interpret_spectral.spectral import decompose  # noqa: E402
+from _common import decompose_and_plot, example_images, example_parser, segments_per_image  # noqa: E402
+from interpret_spectral import probe  # noqa: E402
 
 MODEL = "CompVis/stable-diffusion-v1-4"
 
@@ -85,40 +82,27 @@ def load(args: argparse.Namespace, folder: Path) -> diffusers.StableDiffusionPip
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", nargs="*", help="image files (default: scikit-image's astronaut and coffee)")
-    parser.add_argument("--weights", help="local folder with the CompVis/stable-diffusion-v1-4 files")
-    parser.add_argument("--random-init", action="store_true", help="tiny random-init pipeline of the same class")
-    parser.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: 512 for SD 1.4)")
+    parser = example_parser(__doc__, out="out/examples/stable_diffusion", image_size=None,
+                            size_help="input side in pixels (default: 512 for SD 1.4)",
+                            weights_help='local folder with the CompVis/stable-diffusion-v1-4 files', model_kind="pipeline")
     parser.add_argument("--timesteps", default="100,300,500", help="diffusion timesteps, comma-separated")
-    parser.add_argument("--n-components", type=int, default=10)
-    parser.add_argument("--k", type=int, default=None, help="segments per image (default: by silhouette)")
-    parser.add_argument("--out", default="out/examples/stable_diffusion")
     args = parser.parse_args()
     timesteps = [int(t) for t in args.timesteps.split(",") if t.strip()]
 
     with tempfile.TemporaryDirectory() as folder:
         pipe = load(args, Path(folder))
         pipe.set_progress_bar_config(disable=True)
-        names = [Path(p).stem for p in args.images] if args.images else ["astronaut", "coffee"]
-        images = [Image.open(p) for p in args.images] if args.images else [demo_image(n) for n in names]
+        names, images = example_images(args)
         # q, k, v get a timestep dimension: (sample, timestep, head, token, channel).
         options = {} if args.image_size is None else {"image_size": args.image_size}
         store = probe(pipe, images, timesteps=timesteps, sample_ids=names, batch_size=1, progress=False, **options)
     grids = sorted({(int(store[s].attrs["grid_h"]), int(store[s].attrs["grid_w"])) for s in store.children})
     print(f"{len(store.children)} self-attention sites, grids {grids}, timesteps {timesteps}")
     out = Path(args.out)
-    for graph in ("qk", "vv"):
-        # Every (site, head, timestep) is one graph; all of them are decomposed together.
-        result = decompose(store, graph=graph, n_components=args.n_components, progress=False)
-        labels = segment(result, k=args.k)
-        for i, name in enumerate(names):
-            image = viz.store_image(store, i)
-            viz.plot_eigenvectors(result, sample=i, image=image, start=1, n_groups=1,
-                                  path=out / f"{name}_eigenvectors_{graph}.png")
-            viz.plot_segments(labels, image, sample=i, path=out / f"{name}_segments_{graph}.png")
+    # Every (site, head, timestep) is one graph; all of them are decomposed together.
+    for graph, result, labels in decompose_and_plot(store, names, args):
         print(f"{graph.upper()}: {result.attrs['n_graphs']} graphs; segments per image "
-              f"{dict(zip(names, labels['k'].values.tolist()))}")
+              f"{segments_per_image(names, labels)}")
     print(f"figures in {out}")
 
 

@@ -108,6 +108,7 @@ def test_example_without_weights_says_how_to_get_them(tmp_path: Path, monkeypatc
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(sys, "argv", ["clip_vit_b16.py", "--images", str(_photo()), "--out", str(tmp_path / "out")])
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # as `python examples/clip_vit_b16.py` does
     with pytest.raises(SystemExit) as stopped:
         runpy.run_path(str(EXAMPLES / "clip_vit_b16.py"), run_name="__main__")
     message = str(stopped.value.code)
