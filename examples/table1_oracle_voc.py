@@ -40,6 +40,7 @@ Usage (from the repository root)::
     python examples/table1_oracle_voc.py                     # ../shared/data/voc, real weights
     python examples/table1_oracle_voc.py --quick             # 2 images, 30 adam steps (CI smoke run)
     python examples/table1_oracle_voc.py --random-init       # same architecture, random weights
+    python examples/table1_oracle_voc.py --methods qk-exact,maskcut   # some rows only
 """
 
 from __future__ import annotations
@@ -78,9 +79,13 @@ def load_model(random_init: bool, seed: int) -> tuple[torch.nn.Module, str]:
     return Dinov2Model(Dinov2Config(**DINOV2_S14_SIZES)).eval(), "Dinov2Model ViT-S/14, random init"
 
 
-def methods(args: argparse.Namespace) -> dict[str, Callable[[xr.DataTree], xr.DataArray]]:
-    """Table rows: name -> function from the store to labels (sample, y, x)."""
-    common = dict(graph="qk", n_components=args.n_components, seed=args.seed, device=args.device, progress=False)
+Method = tuple[str, Callable[[xr.DataTree], xr.DataArray]]
+
+
+def methods(args: argparse.Namespace) -> dict[str, Method]:
+    """Table rows: key -> (row name, function from the store to labels (sample, y, x))."""
+    common = dict(graph="qk", n_components=args.n_components, seed=args.seed, device=args.device,
+                  progress=args.progress)
     adam_steps = {"steps": args.adam_steps} if args.adam_steps is not None else {}
     warm_steps = {"steps": args.warm_steps} if args.warm_steps is not None else {}
 
@@ -88,20 +93,30 @@ def methods(args: argparse.Namespace) -> dict[str, Callable[[xr.DataTree], xr.Da
         return segment(decomposition, seed=args.seed)
 
     return {
-        "Multi-layer QK, exact": lambda store: seg(decompose(store, solver="exact", **common)),
-        "Multi-layer QK, adam (authors' defaults)": lambda store: seg(
-            decompose(store, solver="adam", **common, **adam_steps)),
-        "Multi-layer QK, adam from exact (init='exact')": lambda store: seg(
-            decompose(store, solver="adam", init="exact", **common, **warm_steps)),
-        "Final-layer attention, NCut (m=15)": lambda store: seg(ncut(store, affinity="attention")),
-        "Final-layer features, NCut (m=15, tau=0.2)": lambda store: seg(ncut(store, affinity="features")),
-        "Final-layer features centred, NCut (m=15, tau=0.2)": lambda store: seg(
-            ncut(store, affinity="features", center=True)),
-        "Final-layer keys centred, TokenCut graph (m=8, tau=0.2)": lambda store: seg(tokencut(store, center=True)),
-        "Final-layer features, K-Means": lambda store: kmeans_features(store, seed=args.seed),
-        "MaskCut (3 masks, tau=0.15, final keys)": lambda store: maskcut(store, n_masks=3),
-        "MaskCut (3 masks, tau=0.15, final keys centred)": lambda store: maskcut(store, n_masks=3, center=True),
+        "qk-exact": ("Multi-layer QK, exact", lambda store: seg(decompose(store, solver="exact", **common))),
+        "qk-adam": ("Multi-layer QK, adam (authors' defaults)", lambda store: seg(
+            decompose(store, solver="adam", **common, **adam_steps))),
+        "qk-adam-warm": ("Multi-layer QK, adam from exact (init='exact')", lambda store: seg(
+            decompose(store, solver="adam", init="exact", **common, **warm_steps))),
+        "ncut-attention": ("Final-layer attention, NCut (m=15)", lambda store: seg(
+            ncut(store, affinity="attention"))),
+        "ncut-features": ("Final-layer features, NCut (m=15, tau=0.2)", lambda store: seg(
+            ncut(store, affinity="features"))),
+        "ncut-features-centred": ("Final-layer features centred, NCut (m=15, tau=0.2)", lambda store: seg(
+            ncut(store, affinity="features", center=True))),
+        "tokencut-centred": ("Final-layer keys centred, TokenCut graph (m=8, tau=0.2)", lambda store: seg(
+            tokencut(store, center=True))),
+        "kmeans-features": ("Final-layer features, K-Means", lambda store: kmeans_features(store, seed=args.seed)),
+        "maskcut": ("MaskCut (3 masks, tau=0.15, final keys)", lambda store: maskcut(store, n_masks=3)),
+        "maskcut-centred": ("MaskCut (3 masks, tau=0.15, final keys centred)", lambda store: maskcut(
+            store, n_masks=3, center=True)),
     }
+
+
+def methods_keys() -> list[str]:
+    """The keys of the table's rows, for ``--methods``."""
+    return list(methods(argparse.Namespace(n_components=10, seed=0, device=None, progress=False,
+                                           adam_steps=None, warm_steps=None)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,11 +132,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warm-steps", type=int, default=None, help="adam steps from exact (default: solver's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="torch device of decompose(), e.g. cuda")
+    parser.add_argument("--methods", default="all",
+                        help="comma-separated rows to run (default all): " + ", ".join(methods_keys()))
+    parser.add_argument("--progress", action="store_true", help="progress bars of decompose() on stderr")
     args = parser.parse_args(argv)
     if args.quick:
         args.limit = 2 if args.limit is None else min(args.limit, 2)
         args.adam_steps = 30 if args.adam_steps is None else args.adam_steps
         args.warm_steps = 10 if args.warm_steps is None else args.warm_steps
+    table = methods(args)
+    chosen = list(table) if args.methods == "all" else [key.strip() for key in args.methods.split(",")]
+    unknown = [key for key in chosen if key not in table]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {', '.join(table)}")
     if not args.data.is_dir():
         parser.error(f"{args.data} does not exist; pass the VOC folder of ../shared/data as the first argument")
 
@@ -135,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     masks = [s.mask for s in samples]
 
     rows = []
-    for name, run in methods(args).items():
+    for key in chosen:
+        name, run = table[key]
         started = time.perf_counter()
         labels = run(store)
         seconds = (time.perf_counter() - started) / len(samples)

@@ -29,3 +29,12 @@ def test_what_where_quick_random_init(tmp_path: Path) -> None:
     for row in ("QK", "VV", "features"):
         assert row in result.stdout, result.stdout
     assert "|" in result.stdout  # the markdown table
+
+
+def test_table1_quick_random_init(tmp_path: Path) -> None:
+    if not (DATA / "voc").is_dir():
+        pytest.skip("../shared/data/voc is absent: the VOC images with masks are needed")
+    result = _run("table1_oracle_voc.py", [str(DATA / "voc"), "--quick", "--random-init", "--image-size", "112"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| Multi-layer QK, exact |" in result.stdout, result.stdout
+    assert "MaskCut" in result.stdout and "oracle mIoU" in result.stdout
