@@ -169,6 +169,11 @@ def _example_module(name: str):
     """An example script as a module (its tiny random-init model builders are reused here)."""
     import importlib.util as util
 
+    import sys
+
+    examples = str(ROOT / "examples")
+    if examples not in sys.path:  # the examples import their sibling _common.py
+        sys.path.insert(0, examples)
     spec = util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
     module = util.module_from_spec(spec)
     spec.loader.exec_module(module)
