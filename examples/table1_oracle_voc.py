@@ -88,15 +88,17 @@ def methods(args: argparse.Namespace) -> dict[str, Method]:
                   progress=args.progress)
     adam_steps = {"steps": args.adam_steps} if args.adam_steps is not None else {}
     warm_steps = {"steps": args.warm_steps} if args.warm_steps is not None else {}
+    adam_label = f"{args.adam_steps} steps" if adam_steps else "authors' defaults"
+    warm_label = f"{args.warm_steps} steps" if warm_steps else "default steps"
 
     def seg(decomposition: xr.Dataset) -> xr.DataArray:
         return segment(decomposition, seed=args.seed)
 
     return {
         "qk-exact": ("Multi-layer QK, exact", lambda store: seg(decompose(store, solver="exact", **common))),
-        "qk-adam": ("Multi-layer QK, adam (authors' defaults)", lambda store: seg(
+        "qk-adam": (f"Multi-layer QK, adam ({adam_label})", lambda store: seg(
             decompose(store, solver="adam", **common, **adam_steps))),
-        "qk-adam-warm": ("Multi-layer QK, adam from exact (init='exact')", lambda store: seg(
+        "qk-adam-warm": (f"Multi-layer QK, adam from exact (init='exact', {warm_label})", lambda store: seg(
             decompose(store, solver="adam", init="exact", **common, **warm_steps))),
         "ncut-attention": ("Final-layer attention, NCut (m=15)", lambda store: seg(
             ncut(store, affinity="attention"))),
