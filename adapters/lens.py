@@ -42,7 +42,8 @@ from typing import Any
 import torch
 
 from interpret_spectral.adapters.path import single_value, special_token_kinds, token_layout
-from interpret_spectral.sites import Adapter, AttentionSite, Tap, register_adapter
+from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap
+from interpret_spectral.capture.registry import register_adapter
 
 __all__ = ["TransformerLensAdapter"]
 

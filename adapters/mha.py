@@ -53,7 +53,8 @@ import torch
 import torch.nn.functional as F
 
 from interpret_spectral.adapters.path import single_value, special_token_kinds, token_layout
-from interpret_spectral.sites import Adapter, AttentionSite, Tap, register_adapter, split_heads
+from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap, split_heads
+from interpret_spectral.capture.registry import register_adapter
 
 __all__ = ["MultiheadAttentionAdapter"]
 

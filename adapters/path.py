@@ -49,7 +49,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from interpret_spectral.sites import Adapter, AttentionSite, Tap, register_adapter, split_heads
+from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap, split_heads
+
+from interpret_spectral.capture.registry import register_adapter
 
 __all__ = ["PathAdapter", "token_layout", "special_token_kinds", "single_value", "heads_first"]
 

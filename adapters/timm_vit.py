@@ -39,7 +39,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from interpret_spectral.sites import Adapter, AttentionSite, Tap, register_adapter
+from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap
+
+from interpret_spectral.capture.registry import register_adapter
 
 __all__ = ["TimmViTAdapter"]
 

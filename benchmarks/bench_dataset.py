@@ -67,8 +67,8 @@ def _smooth_tokens(rng: np.random.Generator, n_images: int) -> np.ndarray:
 
 
 def _write_store(path: Path, n_images: int) -> None:
-    from interpret_spectral.sites import AttentionSite
-    from interpret_spectral.store import create_store
+    from interpret_spectral.capture.contract import AttentionSite
+    from interpret_spectral.store.writer import create_store
 
     rng = np.random.default_rng(0)
     tokens = GRID[0] * GRID[1]
@@ -89,8 +89,8 @@ def run_one(row: dict[str, Any]) -> dict[str, Any]:
     """One row, in this process: write the store, decompose it, measure."""
     import torch
 
-    from interpret_spectral.dataset_spectral import decompose_dataset
-    from interpret_spectral.store import open_store
+    from interpret_spectral.spectral.dataset import decompose_dataset
+    from interpret_spectral.store.reader import open_store
 
     torch.set_num_threads(min(os.cpu_count() or 1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as folder:

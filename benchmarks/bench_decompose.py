@@ -67,8 +67,8 @@ def _smooth_tokens(rng: np.random.Generator, grid: int, heads: int, dim: int) ->
 
 
 def _synthetic_store(path: Path, grids: tuple[int, ...], heads: int, dims: dict[int, int], seed: int = 0) -> None:
-    from interpret_spectral.sites import AttentionSite
-    from interpret_spectral.store import create_store
+    from interpret_spectral.capture.contract import AttentionSite
+    from interpret_spectral.store.writer import create_store
 
     rng = np.random.default_rng(seed)
     sites = [
@@ -92,7 +92,7 @@ def _dinov2_stores(folder: Path, sizes: list[int], image: Path | None) -> tuple[
         from PIL import Image
 
         from interpret_spectral import probe
-        from interpret_spectral.models import dinov2_s14_imgfocus
+        from interpret_spectral.models.imgfocus import dinov2_s14_imgfocus
 
         images = [image] if image is not None else sorted(DATA.glob("*.jpg"))
         if not images or not images[0].is_file():
@@ -115,7 +115,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     if spec["kind"] == "forward":
-        from interpret_spectral.models import dinov2_s14_imgfocus
+        from interpret_spectral.models.imgfocus import dinov2_s14_imgfocus
 
         model = dinov2_s14_imgfocus()
         x = torch.randn(1, 3, spec["size"], spec["size"])
@@ -127,12 +127,12 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
                 model(pixel_values=x)
                 times.append(time.perf_counter() - start)
         return {"seconds": min(times), "peak_rss_mb": _peak_rss_mb()}
-    from interpret_spectral.spectral import decompose, sample_operator
-    from interpret_spectral.store import open_store
+    from interpret_spectral.spectral.decompose import decompose, sample_operator
+    from interpret_spectral.store.reader import open_store
 
     store = open_store(spec["store"])
     if spec["kind"] == "adam_steps":  # seconds per uncached step: (time of 1 + k steps - time of 1 step) / k
-        from interpret_spectral.solvers import solve_adam
+        from interpret_spectral.spectral.solvers import solve_adam
 
         operator = sample_operator(store, 0)
         solve_adam(operator, 10, steps=1, cache_bytes=0)  # warm-up

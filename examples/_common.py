@@ -15,9 +15,9 @@ import xarray as xr
 from PIL import Image
 
 from interpret_spectral import viz
-from interpret_spectral.cluster import segment
+from interpret_spectral.segmentation.kmeans import segment
 from interpret_spectral.demo import demo_image
-from interpret_spectral.spectral import decompose
+from interpret_spectral.spectral.decompose import decompose
 
 DEFAULT_IMAGES = ["astronaut", "coffee"]
 

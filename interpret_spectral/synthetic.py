@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from interpret_spectral.sites import AttentionSite
-from interpret_spectral.store import create_store, open_store
+from interpret_spectral.store.sites import AttentionSite
+from interpret_spectral.store.writer import create_store
+from interpret_spectral.store.reader import open_store
 
 __all__ = ["planted_store", "planted_labels", "LABELS_VARIABLE"]
 

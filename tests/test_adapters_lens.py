@@ -16,7 +16,7 @@ from torch import nn
 transformer_lens = pytest.importorskip("transformer_lens")
 transformers = pytest.importorskip("transformers")
 
-from interpret_spectral.probe import rebuild_errors  # noqa: E402
+from interpret_spectral.capture.engine import rebuild_errors  # noqa: E402
 from test_adapters_mha_path import REL_TOL  # noqa: E402
 from transformer_lens import HookedRootModule, TransformerBridge, TransformerBridgeConfig  # noqa: E402
 from transformer_lens.hook_points import HookPoint  # noqa: E402
@@ -24,7 +24,7 @@ from transformer_lens.model_bridge.sources import build_bridge_from_module  # no
 
 from interpret_spectral import probe  # noqa: E402
 from interpret_spectral.adapters.lens import TransformerLensAdapter  # noqa: E402
-from interpret_spectral.sites import resolve_adapter  # noqa: E402
+from interpret_spectral.capture.registry import resolve_adapter  # noqa: E402
 
 
 def _native(**overrides) -> nn.Module:

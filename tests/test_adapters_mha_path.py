@@ -16,8 +16,8 @@ from torch import nn
 from interpret_spectral import probe
 from interpret_spectral.adapters.mha import MultiheadAttentionAdapter
 from interpret_spectral.adapters.path import PathAdapter, token_layout
-from interpret_spectral.probe import capture_batch, rebuild_errors
-from interpret_spectral.sites import resolve_adapter
+from interpret_spectral.capture.engine import capture_batch, rebuild_errors
+from interpret_spectral.capture.registry import resolve_adapter
 
 REL_TOL = 1e-5
 

@@ -24,8 +24,9 @@ from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 from interpret_spectral import probe  # noqa: E402
 from interpret_spectral.adapters.hf_vision import HFVisionAdapter  # noqa: E402
 from interpret_spectral.adapters.timm_vit import TimmViTAdapter  # noqa: E402
-from interpret_spectral.probe import rebuild_errors  # noqa: E402
-from interpret_spectral.sites import AdapterNotFoundError, resolve_adapter  # noqa: E402
+from interpret_spectral.capture.engine import rebuild_errors  # noqa: E402
+from interpret_spectral.capture.registry import AdapterNotFoundError
+from interpret_spectral.capture.registry import resolve_adapter  # noqa: E402
 
 REL_TOL = 1e-5
 TINY = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=96)

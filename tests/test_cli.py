@@ -61,7 +61,7 @@ def analyzed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @needs_voc
 @needs_weights
 def test_analyze_writes_store_vectors_labels_figures_and_summary(analyzed: Path) -> None:
-    from interpret_spectral.store import open_store, sample_ids, site_names
+    from interpret_spectral.store.reader import open_store, sample_ids, site_names
 
     store = open_store(analyzed / "store.h5")
     assert sample_ids(store) == list(IMAGES)
@@ -116,9 +116,9 @@ def test_decompose_and_segment_alone_reproduce_analyze(analyzed: Path, tmp_path:
 def test_evaluate_labels_equals_oracle_miou_computed_directly(
     analyzed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from interpret_spectral.cluster import upsample_labels
-    from interpret_spectral.data import SegmentationFolder
-    from interpret_spectral.metrics import oracle_miou
+    from interpret_spectral.segmentation.kmeans import upsample_labels
+    from interpret_spectral.evaluation.folders import SegmentationFolder
+    from interpret_spectral.evaluation.metrics import oracle_miou
 
     report = tmp_path / "scores.json"
     capsys.readouterr()
@@ -154,7 +154,7 @@ def test_evaluate_runs_the_model_on_the_voc_folder(tmp_path: Path, capsys: pytes
 @needs_voc
 @needs_weights
 def test_probe_alone_writes_the_chosen_sites(tmp_path: Path) -> None:
-    from interpret_spectral.store import open_store, sample_ids, site_names
+    from interpret_spectral.store.reader import open_store, sample_ids, site_names
 
     out = tmp_path / "store.h5"
     image = str(VOC / "images" / f"{IMAGES[0]}.png")
@@ -215,7 +215,7 @@ def test_analyze_loads_local_weights_of_every_family(family: str, library: str, 
     assert summary["adapter"] == {"timm": "timm-vit", "hf": "hf-vision", "sd": "diffusers"}[family]
     assert all((out / figure).is_file() for figure in summary["figures"]) and len(summary["figures"]) == 7
     if family == "sd":
-        from interpret_spectral.store import open_store
+        from interpret_spectral.store.reader import open_store
 
         store = open_store(out / "store.h5")
         assert store.ds["timestep"].values.tolist() == [100, 500]

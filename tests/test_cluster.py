@@ -16,17 +16,9 @@ import pytest
 import xarray as xr
 from sklearn.metrics import adjusted_rand_score
 
-from interpret_spectral.cluster import (
-    kmeans_features,
-    maskcut,
-    ncut,
-    ncut_eigenvectors,
-    segment,
-    tokencut,
-    upsample_labels,
-)
-from interpret_spectral.sites import AttentionSite
-from interpret_spectral.store import create_store
+from interpret_spectral.segmentation.kmeans import kmeans_features, maskcut, ncut, ncut_eigenvectors, segment, tokencut, upsample_labels
+from interpret_spectral.capture.contract import AttentionSite
+from interpret_spectral.store.writer import create_store
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -325,9 +317,9 @@ def test_real_weights_beat_random_init_in_oracle_miou(dinov2_imgfocus) -> None:
     from transformers import Dinov2Model
 
     from interpret_spectral import probe
-    from interpret_spectral.data import SegmentationFolder
-    from interpret_spectral.metrics import oracle_miou
-    from interpret_spectral.spectral import decompose
+    from interpret_spectral.evaluation.folders import SegmentationFolder
+    from interpret_spectral.evaluation.metrics import oracle_miou
+    from interpret_spectral.spectral.decompose import decompose
 
     if not (DATA / "voc").is_dir():
         pytest.skip(f"../shared/data is absent: {DATA / 'voc'} holds the VOC images and masks")

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("pydensecrf.densecrf", reason="the crf extra (pydensecrf2) is not installed")
 
-from interpret_spectral.crf import dense_crf  # noqa: E402
+from interpret_spectral.segmentation.crf import dense_crf  # noqa: E402
 
 
 def _two_region_scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from interpret_spectral.data import SegmentationFolder
+from interpret_spectral.evaluation.folders import SegmentationFolder
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -12,10 +12,10 @@ from scipy.linalg import subspace_angles
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-import interpret_spectral.dataset_spectral as dataset_spectral
-from interpret_spectral.dataset_spectral import decompose_dataset, intra_inter_topk
-from interpret_spectral.sites import AttentionSite
-from interpret_spectral.store import create_store
+import interpret_spectral.spectral.dataset as dataset_spectral
+from interpret_spectral.spectral.dataset import decompose_dataset, intra_inter_topk
+from interpret_spectral.capture.contract import AttentionSite
+from interpret_spectral.store.writer import create_store
 
 SIDE = 6  # 6 x 6 patch grid: four 3 x 3 quadrants, nine 2 x 2 blocks
 N_CLASSES = 3

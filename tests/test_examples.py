@@ -119,10 +119,13 @@ def test_example_without_weights_says_how_to_get_them(tmp_path: Path, monkeypatc
 
 # -- docs ---------------------------------------------------------------------------------------
 DOCUMENTED_MODULES = [
-    "interpret_spectral.probe", "interpret_spectral.sites", "interpret_spectral.store", "interpret_spectral.models",
-    "interpret_spectral.spectral", "interpret_spectral.dataset_spectral", "interpret_spectral.graphs",
-    "interpret_spectral.solvers", "interpret_spectral.cluster", "interpret_spectral.metrics",
-    "interpret_spectral.probes", "interpret_spectral.labels", "interpret_spectral.data", "interpret_spectral.crf",
+    "interpret_spectral.capture.contract", "interpret_spectral.capture.registry", "interpret_spectral.capture.engine",
+    "interpret_spectral.store.format", "interpret_spectral.store.writer", "interpret_spectral.store.reader",
+    "interpret_spectral.models.imgfocus",
+    "interpret_spectral.spectral.decompose", "interpret_spectral.spectral.dataset", "interpret_spectral.spectral.graphs",
+    "interpret_spectral.spectral.solvers", "interpret_spectral.segmentation.kmeans", "interpret_spectral.evaluation.metrics",
+    "interpret_spectral.evaluation.regression", "interpret_spectral.evaluation.spatial_semantic",
+    "interpret_spectral.evaluation.folders", "interpret_spectral.segmentation.crf",
     "interpret_spectral.viz", "interpret_spectral.cli", "interpret_spectral.demo", "interpret_spectral.synthetic",
     "interpret_spectral.adapters.timm_vit", "interpret_spectral.adapters.hf_vision",
     "interpret_spectral.adapters.diffusers_unet", "interpret_spectral.adapters.lens",

@@ -41,7 +41,7 @@ BUILT_IN = {
 def test_built_in_adapters_are_entry_points_too() -> None:
     from importlib.metadata import entry_points
 
-    from interpret_spectral.sites import ENTRY_POINT_GROUP, get_adapter_class
+    from interpret_spectral.capture.registry import ENTRY_POINT_GROUP, get_adapter_class
 
     declared = {entry.name: entry.value for entry in entry_points(group=ENTRY_POINT_GROUP)}
     assert {name: declared.get(name) for name in BUILT_IN} == BUILT_IN
@@ -57,7 +57,7 @@ def test_a_third_party_entry_point_is_discovered(tmp_path, monkeypatch) -> None:
 
     import torch
 
-    from interpret_spectral import sites
+    from interpret_spectral.capture import registry as sites
 
     package = tmp_path / "third_party_adapters.py"
     package.write_text(

@@ -8,14 +8,7 @@ import scipy.sparse
 import torch
 import torch.nn.functional as F
 
-from interpret_spectral.graphs import (
-    LayerDistributedOperator,
-    _symmetrize_,
-    SiteGraphs,
-    qk_affinity,
-    resampling_matrix,
-    vv_affinity,
-)
+from interpret_spectral.spectral.graphs import LayerDistributedOperator, _symmetrize_, SiteGraphs, qk_affinity, resampling_matrix, vv_affinity
 
 GRID_PAIRS = [
     ((8, 8), (4, 4)),  # 2x down

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from interpret_spectral.labels import spatial_semantic, spatial_semantic_names
-from interpret_spectral.metrics import matched_miou
+from interpret_spectral.evaluation.spatial_semantic import spatial_semantic, spatial_semantic_names
+from interpret_spectral.evaluation.metrics import matched_miou
 
 NAMES = ["background", "car", "person"]
 BG, CAR, PERSON = 0, 1, 2

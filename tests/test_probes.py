@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from interpret_spectral.probes import coordinate_regression
+from interpret_spectral.evaluation.regression import coordinate_regression
 
 
 def _coordinate_features(n_samples: int, size: int) -> np.ndarray:

@@ -7,10 +7,10 @@ import pytest
 import torch
 from scipy.linalg import subspace_angles
 
-import interpret_spectral.solvers as solvers
-from interpret_spectral.graphs import LayerDistributedOperator, SiteGraphs, qk_affinity, vv_affinity
-from interpret_spectral.solvers import fix_signs, orthogonalize, rayleigh_ritz, solve, solve_adam, solve_exact
-from interpret_spectral.spectral import sample_operator
+import interpret_spectral.spectral.solvers as solvers
+from interpret_spectral.spectral.graphs import LayerDistributedOperator, SiteGraphs, qk_affinity, vv_affinity
+from interpret_spectral.spectral.solvers import fix_signs, orthogonalize, rayleigh_ritz, solve, solve_adam, solve_exact
+from interpret_spectral.spectral.decompose import sample_operator
 from interpret_spectral.synthetic import planted_store
 
 

@@ -9,16 +9,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from interpret_spectral.sites import AttentionSite
-from interpret_spectral.store import (
-    FORMAT_VERSION,
-    StoreError,
-    create_store,
-    open_store,
-    patch_tokens,
-    sample_ids,
-    site_names,
-)
+from interpret_spectral.capture.contract import AttentionSite
+from interpret_spectral.store.format import FORMAT_VERSION, StoreError
+from interpret_spectral.store.writer import create_store
+from interpret_spectral.store.reader import open_store, patch_tokens, sample_ids, site_names
 
 
 def _sites():

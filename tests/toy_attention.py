@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from interpret_spectral.sites import Adapter, AttentionSite, Tap, split_heads
+from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap, split_heads
 
 
 class ToyAttention(nn.Module):

@@ -64,10 +64,10 @@ import torch
 import xarray as xr
 from scipy.sparse.linalg import eigsh
 
-from interpret_spectral.graphs import resampling_matrix
-from interpret_spectral.solvers import fix_signs, orthogonalize, rayleigh_ritz
-from interpret_spectral.spectral import _open, _timesteps, select_layers
-from interpret_spectral.store import patch_tokens, sample_ids
+from interpret_spectral.spectral.graphs import resampling_matrix
+from interpret_spectral.spectral.solvers import fix_signs, orthogonalize, rayleigh_ritz
+from interpret_spectral.spectral.decompose import _open, _timesteps, select_layers
+from interpret_spectral.store.reader import patch_tokens, sample_ids
 
 __all__ = ["decompose_dataset", "intra_inter_topk"]
 

@@ -76,7 +76,7 @@ import scipy.sparse.linalg
 import torch
 from threadpoolctl import threadpool_limits
 
-from interpret_spectral.graphs import LayerDistributedOperator, SiteGraphs
+from interpret_spectral.spectral.graphs import LayerDistributedOperator, SiteGraphs
 
 __all__ = [
     "SOLVERS",

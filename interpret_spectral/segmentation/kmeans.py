@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
-from interpret_spectral.store import patch_tokens, sample_ids, site_names
+from interpret_spectral.store.reader import patch_tokens, sample_ids, site_names
 
 __all__ = [
     "segment",

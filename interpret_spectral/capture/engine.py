@@ -21,8 +21,10 @@ import torch
 import xarray as xr
 from PIL import Image
 
-from interpret_spectral.sites import Adapter, AttentionSite, Tap, resolve_adapter
-from interpret_spectral.store import create_store
+from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap
+
+from interpret_spectral.capture.registry import resolve_adapter
+from interpret_spectral.store.writer import create_store
 
 __all__ = ["probe", "capture_batch", "rebuild_errors", "select_sites", "IMAGE_SUFFIXES"]
 

@@ -1,18 +1,4 @@
-"""Activation stores: create, append, open and validate.
-
-A store is an :class:`xarray.DataTree` saved as one netCDF4-compatible HDF5 file
-(see ``DESIGN.md``, "The store"):
-
-- the root holds the dimension ``sample`` (string ids, unlimited on disk), the
-  attributes ``format``, ``format_version``, ``model``, ``adapter``,
-  ``package_version`` and user metadata, and optionally ``pixels``
-  ``(sample, y, x, rgb)`` uint8;
-- one group per attention site, named by the site's stable name and written in
-  forward order, with ``q``, ``k``, ``v`` of dims ``(sample, [timestep,] head,
-  token, channel)``, optionally ``features`` ``(sample, [timestep,] token,
-  feature)``, coordinates ``token_y``, ``token_x``, ``token_kind`` and the site
-  attributes ``module``, ``order``, ``grid_h``, ``grid_w``, ``num_heads``,
-  ``head_dim``, ``scale``.
+"""Writing stores: create, append batch by batch, resume.
 
 Writing goes through :class:`StoreWriter`, which appends batch by batch with h5py
 and flushes after each batch, so that a crash loses at most the batch in flight.
@@ -31,54 +17,11 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from interpret_spectral.sites import AttentionSite
+from interpret_spectral.store.sites import AttentionSite
+from interpret_spectral.store.format import FORMAT, FORMAT_VERSION, StoreError, _STRING_DTYPE, _json_safe_attrs, _package_version
+from interpret_spectral.store.reader import open_store, site_names
 
-__all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
-    "StoreError",
-    "StoreWriter",
-    "create_store",
-    "open_store",
-    "validate_store",
-    "site_names",
-    "sample_ids",
-    "patch_tokens",
-]
-
-FORMAT = "interpret_spectral.store"
-FORMAT_VERSION = 1
-_STRING_DTYPE = "S"
-
-
-class StoreError(ValueError):
-    """A file or tree that is not a readable store of a supported version."""
-
-
-def _package_version() -> str:
-    from interpret_spectral import __version__
-
-    return __version__
-
-
-def _json_safe_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """netCDF attributes are numbers, strings or 1-D arrays; anything else goes to JSON text."""
-    safe: dict[str, Any] = {}
-    for key, value in attrs.items():
-        if value is None:
-            continue
-        if isinstance(value, (bool, np.bool_)):
-            safe[key] = int(value)
-        elif isinstance(value, (str, int, float, np.integer, np.floating)):
-            safe[key] = value
-        elif isinstance(value, (list, tuple)) and value and all(
-            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in value
-        ):
-            safe[key] = np.asarray(value)
-        else:
-            safe[key] = json.dumps(value, default=str)
-    return safe
-
+__all__ = ["StoreWriter", "create_store"]
 
 class StoreWriter:
     """Append-only writer of a store, in memory or on disk.
@@ -264,7 +207,7 @@ class StoreWriter:
         Examples
         --------
         >>> import numpy as np
-        >>> from interpret_spectral.sites import AttentionSite
+        >>> from interpret_spectral.store.sites import AttentionSite
         >>> site = AttentionSite("a", "a", 0, 1, 2, 1.0, (1, 2), ("patch", "patch"))
         >>> w = create_store([site])
         >>> w.append(["s0"], {"a": {v: np.zeros((1, 1, 2, 2)) for v in "qkv"}})
@@ -423,7 +366,7 @@ def create_store(
     Examples
     --------
     >>> import numpy as np
-    >>> from interpret_spectral.sites import AttentionSite
+    >>> from interpret_spectral.store.sites import AttentionSite
     >>> site = AttentionSite("blocks.0.attn", "blocks.0.attn", 0, 2, 4, 0.5, (2, 2), ("cls",) + ("patch",) * 4)
     >>> writer = create_store([site], attrs={"model": "toy"})
     >>> writer.append(["img0"], {"blocks.0.attn": {v: np.ones((1, 2, 5, 4)) for v in "qkv"}})
@@ -444,167 +387,3 @@ def create_store(
     )
 
 
-def open_store(path: str | os.PathLike[str]) -> xr.DataTree:
-    """Open a store file lazily and check that it is one.
-
-    Rows written by a batch that crashed before naming its samples are left out.
-
-    Parameters
-    ----------
-    path : path-like
-        An HDF5 file written by :func:`create_store` or :func:`interpret_spectral.probe`.
-
-    Returns
-    -------
-    xarray.DataTree
-
-    Raises
-    ------
-    StoreError
-        When the file is truncated, is not a store, or has an unsupported version.
-
-    Examples
-    --------
-    >>> store = open_store("activations.h5")  # doctest: +SKIP
-    >>> list(store.children)  # doctest: +SKIP
-    ['blocks.0.attn', 'blocks.1.attn', ...]
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no store at {path}")
-    try:
-        tree = xr.open_datatree(path, engine="h5netcdf", phony_dims="sort")
-    except Exception as error:  # h5py raises OSError / ValueError of several kinds
-        raise StoreError(
-            f"{path} cannot be read as HDF5 ({type(error).__name__}: {error}); the file is truncated or "
-            "not a store: rerun the probe (resume=True keeps the complete batches of an interrupted run "
-            "only while the file itself is intact)"
-        ) from error
-    try:
-        validate_store(tree, source=str(path))
-    except StoreError:
-        tree.close()
-        raise
-    names = tree["sample"].values
-    named = np.array([bool(n) for n in names])
-    if not named.all():
-        # Named rows are a prefix: ids are written last in every batch.
-        whole = tree
-        tree = whole.isel(sample=slice(0, int(named.sum())))
-        tree.set_close(whole.close)
-    return tree
-
-
-def validate_store(tree: xr.DataTree, source: str = "store") -> None:
-    """Check that ``tree`` follows the store format; raise :class:`StoreError` if not.
-
-    Examples
-    --------
-    >>> import xarray as xr
-    >>> validate_store(xr.DataTree())  # doctest: +IGNORE_EXCEPTION_DETAIL
-    Traceback (most recent call last):
-    StoreError: store is not an interpret_spectral store ...
-    """
-    fmt = tree.attrs.get("format")
-    if fmt != FORMAT:
-        raise StoreError(
-            f"{source} is not an interpret_spectral store (root attribute format={fmt!r}, expected {FORMAT!r}); "
-            "make stores with interpret_spectral.probe()"
-        )
-    version = int(tree.attrs.get("format_version", -1))
-    if version > FORMAT_VERSION:
-        raise StoreError(
-            f"{source} has format_version {version}, newer than this interpret_spectral reads "
-            f"({FORMAT_VERSION}); upgrade interpret_spectral"
-        )
-    if version < 1:
-        raise StoreError(f"{source} has an invalid format_version {version}")
-    if "sample" not in tree.dims:
-        raise StoreError(f"{source} has no 'sample' dimension at its root")
-    if not tree.children:
-        raise StoreError(f"{source} has no attention-site groups")
-    for name, node in tree.children.items():
-        missing = [a for a in ("module", "order", "grid_h", "grid_w", "num_heads", "head_dim", "scale") if a not in node.attrs]
-        if missing:
-            raise StoreError(f"{source}: group {name!r} lacks site attributes {missing}")
-        for coord in ("token_y", "token_x", "token_kind"):
-            if coord not in node.coords:
-                raise StoreError(f"{source}: group {name!r} lacks coordinate {coord!r}")
-
-
-def site_names(tree: xr.DataTree) -> list[str]:
-    """Names of the store's attention sites in forward order.
-
-    Examples
-    --------
-    >>> site_names(store)  # doctest: +SKIP
-    ['blocks.0.attn', 'blocks.1.attn']
-    """
-    return sorted(tree.children, key=lambda name: int(tree[name].attrs["order"]))
-
-
-def sample_ids(tree: xr.DataTree) -> list[str]:
-    """The store's sample ids, in write order.
-
-    Examples
-    --------
-    >>> sample_ids(store)  # doctest: +SKIP
-    ['astronaut', 'coffee']
-    """
-    return [str(s) for s in tree["sample"].values]
-
-
-def patch_tokens(
-    tree: xr.DataTree,
-    site: str,
-    var: str,
-    samples: int | slice | Sequence[int] = slice(None),
-    timesteps: int | slice | Sequence[int] | None = None,
-) -> np.ndarray:
-    """Read one variable of one site for the patch tokens only, in row-major grid order.
-
-    Only the requested samples are read from disk.
-
-    Parameters
-    ----------
-    tree : xarray.DataTree
-        A store.
-    site : str
-        The site's group name.
-    var : {"q", "k", "v", "features"}
-        The variable.
-    samples : int, slice or sequence of int
-        Positional sample selection (an int drops the sample dimension).
-    timesteps : int, slice or sequence of int, optional
-        Positional timestep selection, for stores with a ``timestep`` dimension.
-
-    Returns
-    -------
-    numpy.ndarray
-        float32, ``(..., head, grid_h * grid_w, channel)`` for q/k/v (``(..., tokens,
-        feature)`` for features); token ``i`` sits at row ``i // grid_w``, column
-        ``i % grid_w``.
-
-    Examples
-    --------
-    >>> q = patch_tokens(store, "blocks.11.attn", "q", samples=0)  # doctest: +SKIP
-    >>> q.shape  # doctest: +SKIP
-    (6, 1024, 64)
-    """
-    node = tree[site]
-    if var not in node.data_vars:
-        raise KeyError(f"site {site!r} has no variable {var!r}; it holds {sorted(node.data_vars)}")
-    data = node[var]
-    selection: dict[str, Any] = {"sample": samples}
-    if "timestep" in data.dims:
-        if timesteps is not None:
-            selection["timestep"] = timesteps
-    elif timesteps is not None:
-        raise ValueError(f"site {site!r} has no timestep dimension; pass timesteps=None")
-    token_y = node["token_y"].values
-    token_x = node["token_x"].values
-    patch = np.flatnonzero(token_y >= 0)
-    grid_w = int(node.attrs["grid_w"])
-    order = patch[np.argsort(token_y[patch] * grid_w + token_x[patch], kind="stable")]
-    selection["token"] = order
-    return np.asarray(data.isel(selection).values, dtype=np.float32)

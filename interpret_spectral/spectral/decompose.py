@@ -26,15 +26,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from interpret_spectral.graphs import (
-    GRAPHS,
-    HEAD_MODES,
-    RESAMPLE_METHODS,
-    LayerDistributedOperator,
-    SiteGraphs,
-)
-from interpret_spectral.solvers import SOLVERS, solve
-from interpret_spectral.store import open_store, patch_tokens, sample_ids, site_names, validate_store
+from interpret_spectral.spectral.graphs import GRAPHS, HEAD_MODES, RESAMPLE_METHODS, LayerDistributedOperator, SiteGraphs
+from interpret_spectral.spectral.solvers import SOLVERS, solve
+from interpret_spectral.store.reader import open_store, patch_tokens, sample_ids, site_names
+from interpret_spectral.store.format import validate_store
 
 __all__ = [
     "DECOMPOSITION_FORMAT",
