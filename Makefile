@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The import contract (pyproject's [tool.importlinter]), then doctests, docs blocks and tests.
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

@@ -5,4 +5,6 @@ backbone library lazily, so a missing optional dependency only matters when a mo
 of that family is probed.
 """
 
-from interpret_spectral.adapters import diffusers_unet, hf_vision, lens, mha, path, timm_vit  # noqa: F401
+from interpret_spectral.adapters import (  # noqa: F401
+    diffusers_unet, hf_vision, lens, mha, path, timm_eva, timm_vit, torchvision_vit, windowed,
+)

@@ -21,6 +21,12 @@ Inputs and timesteps
     noise is one Gaussian field drawn from ``seed``, the same for every sample and
     timestep, so a sample's result does not depend on the batch it ran in.
     ``timesteps=(start, stop), n_timesteps=n`` gives ``n`` evenly spaced timesteps.
+    ``noise="fresh"`` draws a new noise field for every timestep instead (seeded from
+    ``seed`` and the timestep's position).  ``sampling=`` takes a sampling object such as
+    :class:`interpret_spectral.spectral.sd_sampling.DiffusionSampling` (anything with
+    ``timesteps(limit)`` and ``noise_seed(draw)``): the paper's random timesteps, a fresh
+    noise field per draw; the default stays the fixed list with one noise field, which
+    makes a store reproducible from its timesteps alone.
 
     ``probe(unet, latents, timesteps=[...])`` runs a bare ``UNet2DConditionModel`` on
     latent tensors ``(B, C, h, w)``: fed to the UNet as they are at every timestep, or,
@@ -61,8 +67,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from interpret_spectral.adapters.path import heads_first
+from interpret_spectral.adapters._tokens import heads_first
 from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap
+from interpret_spectral.capture.preprocess import preprocess_images
 from interpret_spectral.capture.registry import register_adapter
 
 __all__ = ["DiffusersUNetAdapter"]
@@ -173,6 +180,8 @@ class DiffusersUNetAdapter(Adapter):
         image_size: int | Sequence[int] | None = None,
         sample_posterior: bool = False,
         unet_kwargs: Mapping[str, Any] | None = None,
+        noise: str = "shared",
+        sampling: Any = None,
         **options: Any,
     ) -> None:
         super().__init__(model, **options)
@@ -201,6 +210,16 @@ class DiffusersUNetAdapter(Adapter):
             raise TypeError(f"seed must be an int, got {seed!r}")
         self.noise_scheduler = self._noising(scheduler)
         limit = getattr(getattr(self.noise_scheduler, "config", None), "num_train_timesteps", None)
+        if noise not in ("shared", "fresh"):
+            raise ValueError(f"noise must be 'shared' (one field for every timestep) or 'fresh', got {noise!r}")
+        self.sampling = sampling
+        if sampling is not None:
+            if timesteps is not None or n_timesteps is not None:
+                raise TypeError("give timesteps= or sampling=, not both: the sampling draws the timesteps")
+            if not (callable(getattr(sampling, "timesteps", None)) and callable(getattr(sampling, "noise_seed", None))):
+                raise TypeError("sampling must have timesteps(limit) and noise_seed(draw), e.g. DiffusionSampling()")
+            timesteps, noise = [int(t) for t in sampling.timesteps(limit)], "fresh"
+        self.noise = noise
         self.timesteps = _parse_timesteps(timesteps, n_timesteps, limit)
         self.seed = int(seed)
         self.prompt = str(prompt)
@@ -243,11 +262,14 @@ class DiffusersUNetAdapter(Adapter):
             "library": "diffusers",
             "timesteps": [int(t) for t in self.timesteps],
             "noise_seed": self.seed,
+            "noise": self.noise,
             "noise_scheduler": type(self.noise_scheduler).__name__ if self.noise_scheduler is not None else "none",
             "conditioning": "encoder_hidden_states" if self.encoder_hidden_states is not None else (
                 "prompt" if self.pipeline is not None else "zeros"
             ),
         }
+        if self.sampling is not None and callable(getattr(self.sampling, "describe", None)):
+            info["sampling"] = {str(k): v for k, v in self.sampling.describe().items()}
         if self.pipeline is not None:
             info.update(prompt=self.prompt, latents="posterior sample" if self.sample_posterior else "posterior mean",
                         image_size=list(self.image_size))
@@ -295,18 +317,8 @@ class DiffusersUNetAdapter(Adapter):
         """
         if self.pipeline is None:
             return super().preprocess(images)
-        from PIL import Image
-
-        if len(images) == 0:
-            raise ValueError("preprocess needs at least one image")
-        height, width = self.image_size
-        arrays = []
-        for image in images:
-            if not isinstance(image, Image.Image):
-                raise TypeError(f"preprocess takes PIL images, got {type(image).__name__}")
-            rgb = np.asarray(image.convert("RGB").resize((width, height), Image.BICUBIC), dtype=np.float32)
-            arrays.append(rgb / 127.5 - 1.0)
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        # (pixels / 255 - 0.5) / 0.5 = pixels / 127.5 - 1
+        return preprocess_images(images, self.image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), interpolation="bicubic")
 
     def model_module(self) -> torch.nn.Module:
         """The UNet: the taps name its modules."""
@@ -376,10 +388,17 @@ class DiffusersUNetAdapter(Adapter):
             latents = self._latents(batch)
             noise = self._gaussian(latents, self.seed) if self.noise_scheduler is not None else None
             context = self._context(len(latents))
-            for timestep in self.timesteps:
+            for draw, timestep in enumerate(self.timesteps):
                 steps = torch.full((len(latents),), int(timestep), dtype=torch.long, device=latents.device)
+                if noise is not None and self.noise == "fresh":
+                    noise = self._gaussian(latents, self._fresh_seed(draw))
                 sample = latents if noise is None else self.noise_scheduler.add_noise(latents, noise, steps)
                 self.unet(sample, steps, encoder_hidden_states=context, **self.unet_kwargs)
+
+    def _fresh_seed(self, draw: int) -> int:
+        if self.sampling is not None:
+            return int(self.sampling.noise_seed(draw))
+        return int(np.random.SeedSequence([self.seed, int(draw)]).generate_state(1)[0])
 
     @contextlib.contextmanager
     def forward_context(self, batch: Any) -> Iterator[None]:

@@ -1,8 +1,8 @@
 """Adapter for Hugging Face transformers vision encoders (transformers 5.x).
 
 Models: ``Dinov2Model``, ``Dinov2WithRegistersModel``, ``ViTModel``, ``CLIPVisionModel``,
-``ViTMAEModel``, and ``CLIPModel`` (its vision tower ``model.vision_model`` is run and
-read; the text tower is not used).
+``ViTMAEModel``, ``SiglipVisionModel``, and ``CLIPModel`` / ``SiglipModel`` (their vision
+tower ``model.vision_model`` is run and read; the text tower is not used).
 
 transformers 5.x attention modules hold four linear layers: ``q_proj``, ``k_proj``,
 ``v_proj`` and ``o_proj`` (``out_proj`` for CLIP).  Their sites are::
@@ -10,6 +10,7 @@ transformers 5.x attention modules hold four linear layers: ``q_proj``, ``k_proj
     Dinov2Model, Dinov2WithRegistersModel   encoder.layer.<i>.attention
     ViTModel, ViTMAEModel                   layers.<i>.attention
     CLIPVisionModel, CLIPModel              encoder.layers.<i>.self_attn   (inside vision_model for CLIPModel)
+    SiglipVisionModel, SiglipModel          encoder.layers.<i>.self_attn   (inside vision_model for SiglipModel)
 
 ``q``/``k``/``v`` are the outputs of ``q_proj``/``k_proj``/``v_proj`` split into heads
 (these models have no q/k norm), the scale is the module's ``scaling`` (``scale`` for
@@ -17,9 +18,19 @@ CLIP), which it hands to the attention function, the attention output
 (:meth:`HFVisionAdapter.output_tap`) is the input of ``o_proj``/``out_proj`` and
 ``features`` the output of the layer holding the attention module.
 
+Tokens: a class token first (``"cls"``), then ``config.num_register_tokens`` register
+tokens (Dinov2 with registers), then the patch grid in row-major order.  SigLIP has no
+class token (its image embedding is an attention-pooling head, ``head.attention``, an
+``nn.MultiheadAttention`` from one learned probe to the patches, which is cross-attention
+and not recorded): its tokens are the patches alone.  SigLIP images are normalised with
+0.5/0.5 and resized bicubic, as ``SiglipImageProcessor`` does.
+
 Position embeddings: Dinov2 models always interpolate them to the input grid; ViT,
 CLIP and ViT-MAE get ``interpolate_pos_encoding=True`` when the input size differs
-from ``config.image_size``.
+from ``config.image_size``.  Either way, running at another size than
+``config.image_size`` (e.g. a Dinov2 configured for 224 px at the paper's 448 px) is
+said with a ``UserWarning`` naming both sizes, once per size.  Grids need not be
+square: ``resize="short_side"`` keeps the aspect ratio of the images.
 
 ViT-MAE: the model shuffles its patch tokens (random masking) on every forward pass.
 The adapter passes ordered ``noise`` (``arange(num_patches)`` per sample) so that the
@@ -33,13 +44,14 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
+from interpret_spectral.adapters._tokens import single_value
 from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap, split_heads
-
+from interpret_spectral.capture.preprocess import RESIZE_MODES, preprocess_images, size_pair, warn_size_differs
 from interpret_spectral.capture.registry import register_adapter
 
 __all__ = ["HFVisionAdapter"]
@@ -56,7 +68,10 @@ _FAMILIES: dict[str, tuple[tuple[tuple[float, ...], tuple[float, ...]], str, int
     "ViTModel": (_HALF, "bilinear", None),
     "ViTMAEModel": (_IMAGENET, "bilinear", None),
     "CLIPVisionModel": (_CLIP, "bicubic", None),
+    "SiglipVisionModel": (_HALF, "bicubic", None),
 }
+#: Families whose sequence has no class token (the patches come first).
+_NO_CLASS_TOKEN = frozenset({"SiglipVisionModel"})
 _OUTPUT_PROJECTIONS = ("o_proj", "out_proj")
 
 
@@ -74,7 +89,7 @@ def _vision_encoder(model: Any) -> tuple[torch.nn.Module, str] | None:
         return None  # not a transformers model: skip importing the modeling modules below
     import transformers
 
-    if isinstance(model, transformers.CLIPModel):
+    if isinstance(model, (transformers.CLIPModel, transformers.SiglipModel)):
         model = model.vision_model
     for name, cls in _family_classes().items():
         if isinstance(model, cls):
@@ -88,20 +103,11 @@ def _pair(value: Any) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
-def _single(tapped: Mapping[str, list[torch.Tensor]], tap: Tap) -> torch.Tensor:
-    values = tapped.get(tap.key, [])
-    if len(values) != 1:
-        raise RuntimeError(
-            f"module {tap.module!r} ran {len(values)} times in one forward pass; "
-            "the hf-vision adapter expects each attention module to run exactly once"
-        )
-    return values[0]
-
-
 @register_adapter("hf-vision")
 class HFVisionAdapter(Adapter):
     """Adapter for Hugging Face ``Dinov2Model``, ``Dinov2WithRegistersModel``, ``ViTModel``,
-    ``CLIPVisionModel``, ``ViTMAEModel`` and the vision tower of ``CLIPModel``.
+    ``CLIPVisionModel``, ``ViTMAEModel``, ``SiglipVisionModel`` and the vision tower of
+    ``CLIPModel`` and ``SiglipModel``.
 
     Parameters
     ----------
@@ -110,10 +116,14 @@ class HFVisionAdapter(Adapter):
     image_size : int or (int, int), optional
         Size :meth:`preprocess` resizes images to.  Default: 448 for Dinov2 models
         (32 x 32 patches of 14 px), ``config.image_size`` otherwise.  Must be a
-        multiple of the patch size.
+        multiple of the patch size.  With ``resize="short_side"``, one int: the short side.
+    resize : {"square", "short_side"}
+        ``"square"``: every image to ``image_size``; ``"short_side"``: the short side to
+        ``image_size`` with the aspect ratio kept (the paper's preprocessing; see
+        :mod:`interpret_spectral.capture.preprocess`).
     mean, std : sequence of 3 floats, optional
         Normalisation of :meth:`preprocess`.  Default: the family's image-processor
-        default (ImageNet for Dinov2 and ViT-MAE, 0.5/0.5 for ViT, OpenAI CLIP for CLIP).
+        default (ImageNet for Dinov2 and ViT-MAE, 0.5/0.5 for ViT and SigLIP, OpenAI CLIP for CLIP).
 
     Examples
     --------
@@ -135,13 +145,14 @@ class HFVisionAdapter(Adapter):
         image_size: int | Sequence[int] | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        resize: Literal["square", "short_side"] = "square",
         **options: Any,
     ) -> None:
         super().__init__(model, **options)
         found = _vision_encoder(model)
         if found is None:
             raise TypeError(
-                f"the hf-vision adapter knows {', '.join(_FAMILIES)} and CLIPModel, got {type(model).__name__}; "
+                f"the hf-vision adapter knows {', '.join(_FAMILIES)}, CLIPModel and SiglipModel, got {type(model).__name__}; "
                 "pick another adapter (adapter='auto' lists them)"
             )
         self.encoder, self.family = found
@@ -149,13 +160,20 @@ class HFVisionAdapter(Adapter):
         self.patch_size = _pair(self.config.patch_size)
         (default_mean, default_std), self.resample, default_size = _FAMILIES[self.family]
         size = image_size if image_size is not None else (default_size or self.config.image_size)
-        if isinstance(size, bool) or not (
-            isinstance(size, (int, np.integer))
-            or (isinstance(size, Sequence) and len(size) == 2 and all(isinstance(s, (int, np.integer)) for s in size))
-        ):
-            raise TypeError(f"image_size must be an int or a (height, width) pair of ints, got {size!r}")
-        self.image_size = _pair(size)
-        self._check_size(self.image_size)
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        self.resize = resize
+        self._warned: set[tuple[int, int]] = set()
+        if resize == "short_side":
+            if image_size is None:
+                size = min(_pair(size))
+            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+                raise TypeError(f"resize='short_side' takes image_size as one positive int (the short side), got {size!r}")
+            self.image_size: int | tuple[int, int] = int(size)
+            self._check_size((int(size), int(size)))
+        else:
+            self.image_size = size_pair(size, "image_size")
+            self._check_size(self.image_size)
         self.mean = self._channels(default_mean if mean is None else mean, "mean")
         self.std = self._channels(default_std if std is None else std, "std")
         if np.any(self.std <= 0):
@@ -207,7 +225,7 @@ class HFVisionAdapter(Adapter):
             raise ValueError(
                 f"input size {size[0]}x{size[1]} is not a multiple of the patch size "
                 f"{self.patch_size[0]}x{self.patch_size[1]}; use e.g. "
-                f"image_size={(max(size[0] // self.patch_size[0], 1)) * self.patch_size[0]}"
+                f"image_size={max(1, round(size[0] / self.patch_size[0])) * self.patch_size[0]}"
             )
 
     def _batch_size(self, batch: Any) -> tuple[int, int]:
@@ -219,7 +237,7 @@ class HFVisionAdapter(Adapter):
         return size
 
     def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
-        """Resize whole images to ``image_size`` and normalise them.
+        """Resize whole images (``image_size``, ``resize``) and normalise them.
 
         The whole image is resized (no centre crop), so that every token maps onto the
         image stored in the store's ``pixels``.
@@ -242,22 +260,13 @@ class HFVisionAdapter(Adapter):
         >>> HFVisionAdapter(ViTModel(config)).preprocess([Image.new("RGB", (50, 40))]).shape
         torch.Size([1, 3, 32, 32])
         """
-        from PIL import Image
-
-        if len(images) == 0:
-            raise ValueError("preprocess needs at least one image")
-        resample = Image.BICUBIC if self.resample == "bicubic" else Image.BILINEAR
-        height, width = self.image_size
-        arrays = []
-        for image in images:
-            if not isinstance(image, Image.Image):
-                raise TypeError(f"preprocess takes PIL images, got {type(image).__name__}")
-            rgb = np.asarray(image.convert("RGB").resize((width, height), resample), dtype=np.float32) / 255.0
-            arrays.append((rgb - self.mean) / self.std)
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        return preprocess_images(
+            images, self.image_size, self.mean, self.std,
+            interpolation=self.resample, resize=self.resize, multiple=self.patch_size,
+        )
 
     def model_module(self) -> torch.nn.Module:
-        """The vision encoder (``model.vision_model`` for a ``CLIPModel``, else the model)."""
+        """The vision encoder (``model.vision_model`` for a ``CLIPModel`` or ``SiglipModel``, else the model)."""
         return self.encoder
 
     def _check_mask_ratio(self) -> None:
@@ -281,7 +290,11 @@ class HFVisionAdapter(Adapter):
         """
         height, width = self._batch_size(batch)
         kwargs: dict[str, Any] = {}
-        if (height, width) != _pair(self.config.image_size) and "interpolate_pos_encoding" in inspect.signature(
+        configured = _pair(self.config.image_size)
+        if (height, width) != configured and (height, width) not in self._warned:
+            self._warned.add((height, width))
+            warn_size_differs(self.family, configured, (height, width))
+        if (height, width) != configured and "interpolate_pos_encoding" in inspect.signature(
             self.encoder.forward
         ).parameters:
             kwargs["interpolate_pos_encoding"] = True
@@ -330,7 +343,8 @@ class HFVisionAdapter(Adapter):
         height, width = self._batch_size(batch)
         grid = (height // self.patch_size[0], width // self.patch_size[1])
         registers = int(getattr(self.config, "num_register_tokens", 0) or 0)
-        kinds = tuple(["cls"] + ["register"] * registers + ["patch"] * (grid[0] * grid[1]))
+        prefix = [] if self.family in _NO_CLASS_TOKEN else ["cls"]
+        kinds = tuple(prefix + ["register"] * registers + ["patch"] * (grid[0] * grid[1]))
         sites = []
         for order, path in enumerate(self._attention_paths):
             attn = self.encoder.get_submodule(path)
@@ -379,9 +393,9 @@ class HFVisionAdapter(Adapter):
         out: dict[str, torch.Tensor] = {}
         for name in ("q", "k", "v"):
             if name in capture:
-                out[name] = split_heads(_single(tapped, Tap(f"{site.module}.{name}_proj")), site.num_heads)
+                out[name] = split_heads(single_value(tapped, Tap(f"{site.module}.{name}_proj"), "hf-vision"), site.num_heads)
         if "features" in capture:
-            out["features"] = _single(tapped, Tap(site.module.rsplit(".", 1)[0]))
+            out["features"] = single_value(tapped, Tap(site.module.rsplit(".", 1)[0]), "hf-vision")
         for name, value in out.items():
             if value.shape[-2] != site.num_tokens:
                 raise RuntimeError(

@@ -41,8 +41,8 @@ from typing import Any
 
 import torch
 
-from interpret_spectral.adapters.path import single_value, special_token_kinds, token_layout
-from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap
+from interpret_spectral.adapters._tokens import single_value, special_token_kinds, token_layout
+from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap, check_scale
 from interpret_spectral.capture.registry import register_adapter
 
 __all__ = ["TransformerLensAdapter"]
@@ -109,8 +109,8 @@ class TransformerLensAdapter(Adapter):
             )
         if special_tokens is not None:
             special_token_kinds(special_tokens)  # fail early on a bad value
-        if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
-            raise ValueError(f"scale must be a positive number, got {scale!r}")
+        if scale is not None:
+            check_scale(scale, "scale")
         self.grid = None if grid is None else tuple(grid)
         self.special_tokens = special_tokens
         self.scale = scale
@@ -176,7 +176,7 @@ class TransformerLensAdapter(Adapter):
 
     def _layout(self, batch: Any, num_tokens: int) -> tuple[tuple[int, int], tuple[str, ...]]:
         if self.grid is not None or self.special_tokens is not None:
-            return token_layout(num_tokens, self.grid, self.special_tokens or 0)
+            return token_layout(num_tokens, self.grid, self.special_tokens)
         if not self._visual():
             return token_layout(num_tokens, (1, num_tokens), 0)
         patch = getattr(getattr(getattr(self.model, "original_model", None), "config", None), "patch_size", None)

@@ -36,8 +36,10 @@ Reading
 
 Tokens
     ``special_tokens`` leading non-grid tokens (e.g. ``1`` for a class token), then the
-    grid; without ``grid=`` a square number of grid tokens is a square grid, any other
-    number ``1 x n``.  Attention masks are not recorded: q, k, v are what the softmax
+    grid row-major; without ``grid=`` the grid tokens must be a square number.  The
+    layout is never guessed: 197 tokens (a 14 x 14 grid and a class token, torchvision's
+    ``vit_b_16``) without ``special_tokens=1`` are refused with a message naming the
+    option; give ``grid=(1, n)`` for a sequence.  Attention masks are not recorded: q, k, v are what the softmax
     saw before masking.  Run the model in eval mode (dropout changes the output).
 """
 
@@ -47,12 +49,12 @@ import contextlib
 import functools
 import inspect
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from interpret_spectral.adapters.path import single_value, special_token_kinds, token_layout
+from interpret_spectral.adapters._tokens import single_value, special_token_kinds, token_layout
 from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap, split_heads
 from interpret_spectral.capture.registry import register_adapter
 
@@ -82,9 +84,11 @@ class MultiheadAttentionAdapter(Adapter):
     model : torch.nn.Module
         A module holding ``nn.MultiheadAttention`` layers (or one itself), in eval mode.
     grid : (int, int), optional
-        Token grid; default square when the number of grid tokens is a square, else ``1 x n``.
-    special_tokens : int or sequence of str
+        Token grid (``(1, n)`` for a sequence); default: a square grid, refused when the
+        number of grid tokens is not a square.
+    special_tokens : int or sequence of str, optional
         Leading non-grid tokens: a count (the first ``"cls"``, then ``"register"``) or kinds.
+        Default: none, when the sequence length leaves no doubt (a square number).
 
     Examples
     --------
@@ -100,13 +104,14 @@ class MultiheadAttentionAdapter(Adapter):
     [('attn', (4, 4), 4)]
     """
 
-    priority = -10
+    #: Generic: tried after every more specific adapter by ``adapter="auto"``.
+    priority: ClassVar[int] = -10
 
     def __init__(
         self,
         model: Any,
         grid: Sequence[int] | None = None,
-        special_tokens: int | Sequence[str] = 0,
+        special_tokens: int | Sequence[str] | None = None,
         **options: Any,
     ) -> None:
         super().__init__(model, **options)
@@ -117,7 +122,8 @@ class MultiheadAttentionAdapter(Adapter):
             )
         self.grid = None if grid is None else tuple(grid)
         self.special_tokens = special_tokens
-        special_token_kinds(special_tokens)  # fail early on a bad value
+        if special_tokens is not None:
+            special_token_kinds(special_tokens)  # fail early on a bad value
         self._cross: set[str] = set()
         self._site_modules: dict[str, torch.nn.MultiheadAttention] = {}
         self._kept: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -170,7 +176,7 @@ class MultiheadAttentionAdapter(Adapter):
         Examples
         --------
         >>> mha = torch.nn.MultiheadAttention(8, 2)  # batch_first=False: (tokens, batch, channels)
-        >>> MultiheadAttentionAdapter(mha).sites(torch.zeros(6, 1, 8))[0].grid
+        >>> MultiheadAttentionAdapter(mha, grid=(1, 6)).sites(torch.zeros(6, 1, 8))[0].grid
         (1, 6)
         """
         paths = {

@@ -31,139 +31,33 @@ Sites
     dry forward pass with hooks on the first batch).  A site's name is the longest
     common parent path of its q, k, v, qkv and out_proj modules (``blocks.3.attn``), or
     ``layer<i>`` when that is not unique.  Tokens: ``special_tokens``
-    leading non-grid tokens, then the grid row-major; without ``grid=`` a square number
-    of grid tokens is read as a square grid, any other number as ``1 x n``.
+    leading non-grid tokens, then the grid row-major; without ``grid=`` the grid tokens
+    must be a square number.  A layout that cannot be told from the sequence length
+    (e.g. 197 tokens without ``special_tokens=1``) is refused with a message naming
+    ``grid=`` / ``special_tokens=``; give ``grid=(1, n)`` for a sequence.
 
-This module also holds the token-layout helpers that the other generic adapters share
-(:func:`token_layout`, :func:`single_value`, :func:`heads_first`).
+The token-layout helpers shared with the other generic adapters live in
+:mod:`interpret_spectral.adapters._tokens`.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap, split_heads
-
+from interpret_spectral.adapters._tokens import heads_first, single_value, special_token_kinds, token_layout
+from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap, check_scale
 from interpret_spectral.capture.registry import register_adapter
 
-__all__ = ["PathAdapter", "token_layout", "special_token_kinds", "single_value", "heads_first"]
+__all__ = ["PathAdapter"]
 
 _PLACEHOLDER = "{i}"
 _PATH_ROLES = ("q", "k", "v", "qkv", "out_proj", "features")
-
-
-# -- shared helpers -------------------------------------------------------------------
-def token_layout(
-    num_tokens: int,
-    grid: Sequence[int] | None = None,
-    special_tokens: int | Sequence[str] = 0,
-) -> tuple[tuple[int, int], tuple[str, ...]]:
-    """Token grid and token kinds of a sequence: leading special tokens, then the grid row-major.
-
-    Parameters
-    ----------
-    num_tokens : int
-        Length of the sequence.
-    grid : (int, int), optional
-        ``(grid_h, grid_w)``.  Default: a square grid when the number of grid tokens is a
-        square, else ``1 x n`` (text, or any sequence without a 2-D layout).
-    special_tokens : int or sequence of str
-        Leading tokens that are not on the grid: a count (the first is ``"cls"``, the
-        others ``"register"``) or their kinds (``"cls"``, ``"register"``,
-        ``"distillation"``, ``"text"``, ``"other"``).
-
-    Returns
-    -------
-    grid : (int, int)
-    token_kinds : tuple of str
-        ``"patch"`` for every grid cell.
-
-    Examples
-    --------
-    >>> token_layout(17, special_tokens=1)
-    ((4, 4), ('cls', 'patch', 'patch', 'patch', 'patch', 'patch', 'patch', 'patch', 'patch', 'patch', 'patch', 'patch', 'patch', 'patch', 'patch', 'patch', 'patch'))
-    >>> token_layout(6)[0]
-    (1, 6)
-    """
-    special = special_token_kinds(special_tokens)
-    n_grid = int(num_tokens) - len(special)
-    if n_grid < 1:
-        raise ValueError(f"{num_tokens} tokens leave no grid tokens after {len(special)} special tokens")
-    if grid is None:
-        side = math.isqrt(n_grid)
-        shape = (side, side) if side * side == n_grid else (1, n_grid)
-    else:
-        if len(grid) != 2 or not all(isinstance(g, (int, np.integer)) and g > 0 for g in grid):
-            raise ValueError(f"grid must be a (height, width) pair of positive ints, got {grid!r}")
-        shape = (int(grid[0]), int(grid[1]))
-        if shape[0] * shape[1] != n_grid:
-            raise ValueError(
-                f"grid {shape[0]}x{shape[1]} does not hold the {n_grid} grid tokens "
-                f"({num_tokens} tokens, {len(special)} special); fix grid= or special_tokens="
-            )
-    return shape, special + ("patch",) * n_grid
-
-
-def special_token_kinds(special_tokens: int | Sequence[str]) -> tuple[str, ...]:
-    """Kinds of the leading non-grid tokens: a count (``"cls"``, then ``"register"``) or the kinds.
-
-    Examples
-    --------
-    >>> special_token_kinds(3)
-    ('cls', 'register', 'register')
-    """
-    if isinstance(special_tokens, (int, np.integer)) and not isinstance(special_tokens, bool):
-        if special_tokens < 0:
-            raise ValueError(f"special_tokens must be >= 0, got {special_tokens}")
-        return tuple(["cls"] + ["register"] * (int(special_tokens) - 1)) if special_tokens else ()
-    if isinstance(special_tokens, Sequence) and not isinstance(special_tokens, str):
-        special = tuple(str(kind) for kind in special_tokens)
-        if "patch" in special:
-            raise ValueError("special_tokens names the non-grid tokens; 'patch' is the kind of grid tokens")
-        return special
-    raise TypeError(f"special_tokens must be an int or a sequence of token kinds, got {special_tokens!r}")
-
-
-def single_value(tapped: Mapping[str, list[torch.Tensor]], tap: Tap, adapter: str) -> torch.Tensor:
-    """The one value a tap recorded in a forward pass; a clear error when it fired more often.
-
-    Examples
-    --------
-    >>> single_value({"a:output": [torch.zeros(1)]}, Tap("a"), "path").shape
-    torch.Size([1])
-    """
-    values = tapped.get(tap.key, [])
-    if len(values) != 1:
-        raise RuntimeError(
-            f"module {tap.module!r} ran {len(values)} times in one forward pass; "
-            f"the {adapter} adapter expects each attention module to run exactly once"
-        )
-    return values[0]
-
-
-def heads_first(value: torch.Tensor, num_heads: int, what: str) -> torch.Tensor:
-    """``(B, N, H*D)`` -> ``(B, H, N, D)``; a ``(B, H, N, D)`` value is returned as it is.
-
-    Examples
-    --------
-    >>> heads_first(torch.zeros(2, 5, 12), 3, "q").shape
-    torch.Size([2, 3, 5, 4])
-    """
-    if value.ndim == 3:
-        return split_heads(value, num_heads)
-    if value.ndim == 4 and value.shape[1] == num_heads:
-        return value
-    raise ValueError(
-        f"{what} has shape {tuple(value.shape)}; expected (batch, tokens, {num_heads} * head_dim) "
-        f"or (batch, {num_heads}, tokens, head_dim)"
-    )
 
 
 def _expand(pattern: str | Sequence[str], model: torch.nn.Module, role: str) -> list[str]:
@@ -220,7 +114,8 @@ class PathAdapter(Adapter):
     heads : int
         Number of attention heads.
     grid : (int, int), optional
-        Token grid; default square when possible, else ``1 x n``.
+        Token grid; ``(1, n)`` for a sequence.  Default: a square grid, refused when the
+        grid tokens are not a square number.
     scale : float, optional
         Softmax scale of ``q k^T``; default ``head_dim ** -0.5``.
     out_proj : str or list of str, optional
@@ -228,8 +123,9 @@ class PathAdapter(Adapter):
         (needed only by the rebuild check, :meth:`output_tap`).  Not ``out=``: that is
         ``probe()``'s store path, and ``probe(model, x, adapter="path", ...)`` passes the
         adapter's options along with it.
-    special_tokens : int or sequence of str
-        Leading non-grid tokens (see :func:`token_layout`).
+    special_tokens : int or sequence of str, optional
+        Leading non-grid tokens (see :func:`~interpret_spectral.adapters._tokens.token_layout`);
+        none when not given and the length is unambiguous.
     features : str or list of str, optional
         Modules whose output ``(B, N, C)`` is captured as ``features``.
     call : callable, optional
@@ -265,7 +161,7 @@ class PathAdapter(Adapter):
         grid: Sequence[int] | None = None,
         scale: float | None = None,
         out_proj: str | Sequence[str] | None = None,
-        special_tokens: int | Sequence[str] = 0,
+        special_tokens: int | Sequence[str] | None = None,
         features: str | Sequence[str] | None = None,
         call: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]] | None = None,
     ) -> None:
@@ -278,11 +174,12 @@ class PathAdapter(Adapter):
                 f"PathAdapter needs the modules of q, k and v: {', '.join(missing)} missing; "
                 "give q=, k=, v= paths, or qkv= for a fused projection"
             )
-        if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
-            raise ValueError(f"scale must be a positive number, got {scale!r}")
+        if scale is not None:
+            check_scale(scale, "scale")
         if call is not None and not callable(call):
             raise TypeError(f"call must be a callable batch -> (args, kwargs), got {type(call).__name__}")
-        special_token_kinds(special_tokens)  # fail early on a bad value
+        if special_tokens is not None:
+            special_token_kinds(special_tokens)  # fail early on a bad value
         self.spec: dict[str, Any] = dict(
             heads=int(heads), q=q, k=k, v=v, qkv=qkv, grid=None if grid is None else tuple(grid),
             scale=scale, out_proj=out_proj, special_tokens=special_tokens, features=features, call=call,
@@ -373,7 +270,7 @@ class PathAdapter(Adapter):
         --------
         >>> layer = torch.nn.ModuleDict({"q": torch.nn.Linear(4, 4), "k": torch.nn.Linear(4, 4)})
         >>> model = torch.nn.Sequential(layer.q, layer.k)
-        >>> PathAdapter(model, q="0", k="1", v="1", heads=2).sites(torch.zeros(1, 3, 4))[0].grid
+        >>> PathAdapter(model, q="0", k="1", v="1", heads=2, grid=(1, 3)).sites(torch.zeros(1, 3, 4))[0].grid
         (1, 3)
         """
         model = self._require_model()

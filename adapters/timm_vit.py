@@ -24,7 +24,8 @@ Input sizes other than the one the model was built for (e.g. 448 px on a 224 px
 model) work: a model created with ``dynamic_img_size=True`` interpolates its
 position embedding by itself; for any other model, :meth:`TimmViTAdapter.run`
 switches timm's dynamic-size mode on for the duration of the forward pass and
-restores the model's state afterwards (weights are never changed).  With
+restores the model's state afterwards, on every exit path (weights are never
+changed); running at another size than the model's own is said with a warning.  With
 ``backend="nnsight"`` the forward pass is run by nnsight, outside the adapter, so a
 different input size there needs a model created with ``dynamic_img_size=True``.
 """
@@ -33,39 +34,18 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 
+from interpret_spectral.adapters._tokens import single_value
 from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap
-
+from interpret_spectral.capture.preprocess import RESIZE_MODES, preprocess_images, size_pair, warn_size_differs
 from interpret_spectral.capture.registry import register_adapter
 
 __all__ = ["TimmViTAdapter"]
-
-
-def _size_pair(size: int | Sequence[int], what: str) -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        pair = (int(size), int(size))
-    elif isinstance(size, Sequence) and len(size) == 2 and all(isinstance(s, (int, np.integer)) for s in size):
-        pair = (int(size[0]), int(size[1]))
-    else:
-        raise TypeError(f"{what} must be an int or a (height, width) pair of ints, got {size!r}")
-    if min(pair) < 1:
-        raise ValueError(f"{what} must be positive, got {pair}")
-    return pair
-
-
-def _single(tapped: Mapping[str, list[torch.Tensor]], tap: Tap) -> torch.Tensor:
-    values = tapped.get(tap.key, [])
-    if len(values) != 1:
-        raise RuntimeError(
-            f"module {tap.module!r} ran {len(values)} times in one forward pass; "
-            "the timm-vit adapter expects each attention module to run exactly once"
-        )
-    return values[0]
 
 
 @register_adapter("timm-vit")
@@ -79,6 +59,12 @@ class TimmViTAdapter(Adapter):
     image_size : int or (int, int), optional
         Size :meth:`preprocess` resizes images to; default: the size the model was
         built for (``model.patch_embed.img_size``).  Must be a multiple of the patch size.
+        With ``resize="short_side"``, one int: the length of the short side.
+    resize : {"square", "short_side"}
+        ``"square"``: every image to ``image_size`` (stretched if not square);
+        ``"short_side"``: the short side to ``image_size``, the aspect ratio kept, the
+        long side rounded to a multiple of the patch size (the paper's preprocessing;
+        see :mod:`interpret_spectral.capture.preprocess`).
 
     Notes
     -----
@@ -100,15 +86,32 @@ class TimmViTAdapter(Adapter):
     #: Tried before generic adapters by ``adapter="auto"``.
     priority: ClassVar[int] = 10
 
-    def __init__(self, model: Any, image_size: int | Sequence[int] | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        model: Any,
+        image_size: int | Sequence[int] | None = None,
+        resize: Literal["square", "short_side"] = "square",
+        **options: Any,
+    ) -> None:
         super().__init__(model, **options)
         if not self.matches(model):
             raise TypeError(
                 f"the timm-vit adapter needs a timm VisionTransformer whose blocks use timm.layers.Attention, "
                 f"got {type(model).__name__}; pick another adapter (adapter='auto' lists them)"
             )
-        self.image_size = _size_pair(image_size, "image_size") if image_size is not None else self._native_size()
-        self._check_size(self.image_size)
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        self.resize = resize
+        self._warned: set[tuple[int, int]] = set()
+        if resize == "short_side":
+            short = min(self._native_size()) if image_size is None else image_size
+            if isinstance(short, bool) or not isinstance(short, int) or short < 1:
+                raise TypeError(f"resize='short_side' takes image_size as one positive int (the short side), got {short!r}")
+            self.image_size: int | tuple[int, int] = short
+            self._check_size((short, short))
+        else:
+            self.image_size = size_pair(image_size, "image_size") if image_size is not None else self._native_size()
+            self._check_size(self.image_size)
 
     # -- identification ---------------------------------------------------------------
     @classmethod
@@ -168,11 +171,11 @@ class TimmViTAdapter(Adapter):
         if size[0] % patch[0] or size[1] % patch[1]:
             raise ValueError(
                 f"input size {size[0]}x{size[1]} is not a multiple of the patch size {patch[0]}x{patch[1]}; "
-                f"use e.g. image_size={(size[0] // patch[0]) * patch[0]}"
+                f"use e.g. image_size={max(1, round(size[0] / patch[0])) * patch[0]}"
             )
 
     def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
-        """Resize whole images to ``image_size`` and normalise them with the model's mean/std.
+        """Resize whole images (``image_size``, ``resize``) and normalise them with the model's mean/std.
 
         The whole image is resized (no centre crop), so that every token maps onto the
         image stored in the store's ``pixels``.  Interpolation, mean and std come from
@@ -194,29 +197,18 @@ class TimmViTAdapter(Adapter):
         >>> model = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3)
         >>> TimmViTAdapter(model).preprocess([Image.new("RGB", (50, 40))]).shape
         torch.Size([1, 3, 32, 32])
+        >>> TimmViTAdapter(model, image_size=32, resize="short_side").preprocess([Image.new("RGB", (80, 40))]).shape
+        torch.Size([1, 3, 32, 64])
         """
-        from PIL import Image
         from timm.data import resolve_model_data_config
 
-        if len(images) == 0:
-            raise ValueError("preprocess needs at least one image")
         config = resolve_model_data_config(self.model)
-        resample = {
-            "bicubic": Image.BICUBIC,
-            "bilinear": Image.BILINEAR,
-            "nearest": Image.NEAREST,
-            "lanczos": Image.LANCZOS,
-        }.get(str(config.get("interpolation", "bicubic")), Image.BICUBIC)
-        mean = np.asarray(config["mean"], dtype=np.float32)
-        std = np.asarray(config["std"], dtype=np.float32)
-        height, width = self.image_size
-        arrays = []
-        for image in images:
-            if not isinstance(image, Image.Image):
-                raise TypeError(f"preprocess takes PIL images, got {type(image).__name__}")
-            rgb = np.asarray(image.convert("RGB").resize((width, height), resample), dtype=np.float32) / 255.0
-            arrays.append((rgb - mean) / std)
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        interpolation = str(config.get("interpolation", "bicubic"))
+        return preprocess_images(
+            images, self.image_size, config["mean"], config["std"],
+            interpolation=interpolation if interpolation in ("bicubic", "bilinear", "nearest", "lanczos") else "bicubic",
+            resize=self.resize, multiple=tuple(int(p) for p in self.model.patch_embed.patch_size),
+        )
 
     def call_args(self, batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """``(batch,)``, after checking that the batch is an image tensor the patch size divides."""
@@ -224,8 +216,19 @@ class TimmViTAdapter(Adapter):
         return (batch,), {}
 
     def forward_context(self, batch: Any) -> contextlib.AbstractContextManager[None]:
-        """Interpolate position embeddings while a batch of a new size runs (restored on exit)."""
-        return self._dynamic_size(self._batch_size(batch))
+        """Interpolate position embeddings while a batch of a new size runs (restored on every exit)."""
+        size = self._batch_size(batch)
+        native = self._native_size()
+        if size != native and size not in self._warned:
+            self._warned.add(size)
+            warn_size_differs(f"timm {type(self.model).__name__}", native, size)
+        if size == native or self._dynamic_now():
+            return contextlib.nullcontext()
+        if not hasattr(self.model, "dynamic_img_size"):
+            raise ValueError(
+                f"{type(self.model).__name__} has no dynamic image size mode; feed {native[0]}x{native[1]} inputs"
+            )
+        return _DynamicSize(self.model)
 
     def _batch_size(self, batch: Any) -> tuple[int, int]:
         if not isinstance(batch, torch.Tensor) or batch.ndim != 4:
@@ -237,31 +240,6 @@ class TimmViTAdapter(Adapter):
 
     def _dynamic_now(self) -> bool:
         return bool(getattr(self.model, "dynamic_img_size", False))
-
-    @contextlib.contextmanager
-    def _dynamic_size(self, size: tuple[int, int]) -> Iterator[None]:
-        """Switch timm's dynamic image size mode on while inputs of a new size run."""
-        if size == self._native_size() or self._dynamic_now():
-            yield
-            return
-        if not hasattr(self.model, "dynamic_img_size"):
-            raise ValueError(
-                f"{type(self.model).__name__} has no dynamic image size mode; feed {self._native_size()} inputs"
-            )
-        from timm.layers import Format
-
-        model, embed = self.model, self.model.patch_embed
-        saved = (model.dynamic_img_size, embed.strict_img_size, embed.flatten, embed.output_fmt)
-        try:
-            # What VisionTransformer(dynamic_img_size=True) sets up: NHWC patches, the
-            # position embedding resampled to the grid in _pos_embed.
-            model.dynamic_img_size = True
-            embed.strict_img_size = False
-            embed.flatten = False
-            embed.output_fmt = Format.NHWC
-            yield
-        finally:
-            model.dynamic_img_size, embed.strict_img_size, embed.flatten, embed.output_fmt = saved
 
     # -- sites and reading ------------------------------------------------------------
     def _token_kinds_prefix(self) -> list[str]:
@@ -352,15 +330,15 @@ class TimmViTAdapter(Adapter):
         """``q``/``k`` from the q/k norms, ``v`` from the fused ``qkv`` projection, ``features`` from the block."""
         out: dict[str, torch.Tensor] = {}
         if "v" in capture:
-            qkv = _single(tapped, Tap(f"{site.module}.qkv"))
+            qkv = single_value(tapped, Tap(f"{site.module}.qkv"), "timm-vit")
             batch, tokens, _ = qkv.shape
             qkv = qkv.reshape(batch, tokens, 3, site.num_heads, site.head_dim).permute(2, 0, 3, 1, 4)
             out["v"] = qkv[2]
         for name in ("q", "k"):
             if name in capture:
-                out[name] = _single(tapped, Tap(f"{site.module}.{name}_norm"))
+                out[name] = single_value(tapped, Tap(f"{site.module}.{name}_norm"), "timm-vit")
         if "features" in capture:
-            out["features"] = _single(tapped, Tap(self._block(site)))
+            out["features"] = single_value(tapped, Tap(self._block(site)), "timm-vit")
         for name, value in out.items():
             tokens = value.shape[-2]
             if tokens != site.num_tokens:
@@ -377,3 +355,43 @@ class TimmViTAdapter(Adapter):
         if isinstance(getattr(attn, "norm", None), torch.nn.Module):
             return Tap(f"{site.module}.norm", "input")
         return Tap(f"{site.module}.proj", "input")
+
+
+class _DynamicSize:
+    """timm's dynamic image size mode switched on for one batch; the model's state comes back on every exit.
+
+    The state is saved before anything changes, every change happens inside ``try`` and
+    :meth:`__exit__` restores all of it unconditionally, so an exception or a
+    ``KeyboardInterrupt`` anywhere (even while switching) leaves the model as it was.
+    """
+
+    _FIELDS = (("model", "dynamic_img_size"), ("embed", "strict_img_size"), ("embed", "flatten"), ("embed", "output_fmt"))
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.objects = {"model": model, "embed": model.patch_embed}
+        self.saved = [(self.objects[owner], field, getattr(self.objects[owner], field)) for owner, field in self._FIELDS]
+
+    def __enter__(self) -> None:
+        from timm.layers import Format
+
+        try:
+            # What VisionTransformer(dynamic_img_size=True) sets up: NHWC patches, the
+            # position embedding resampled to the grid in _pos_embed.
+            model, embed = self.objects["model"], self.objects["embed"]
+            model.dynamic_img_size = True
+            embed.strict_img_size = False
+            embed.flatten = False
+            embed.output_fmt = Format.NHWC
+        except BaseException:
+            self.restore()
+            raise
+
+    def restore(self) -> None:
+        """Put back every saved attribute."""
+        for owner, field, value in self.saved:
+            setattr(owner, field, value)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.restore()

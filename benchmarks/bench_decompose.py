@@ -132,7 +132,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
     store = open_store(spec["store"])
     if spec["kind"] == "adam_steps":  # seconds per uncached step: (time of 1 + k steps - time of 1 step) / k
-        from interpret_spectral.spectral.solvers import solve_adam
+        from interpret_spectral.spectral.adam import solve_adam
 
         operator = sample_operator(store, 0)
         solve_adam(operator, 10, steps=1, cache_bytes=0)  # warm-up

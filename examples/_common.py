@@ -15,8 +15,10 @@ import xarray as xr
 from PIL import Image
 
 from interpret_spectral import viz
-from interpret_spectral.segmentation.kmeans import segment
+from interpret_spectral.capture.inputs import load_image
 from interpret_spectral.demo import demo_image
+from interpret_spectral.pipeline import image_files
+from interpret_spectral.segmentation import segment
 from interpret_spectral.spectral.decompose import decompose
 
 DEFAULT_IMAGES = ["astronaut", "coffee"]
@@ -26,7 +28,8 @@ def example_parser(doc: str, *, out: str, image_size: int | None, size_help: str
                    model_kind: str = "model") -> argparse.ArgumentParser:
     """The options every example takes; an example adds its own before parsing."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--images", nargs="*", help="image files (default: scikit-image's astronaut and coffee)")
+    parser.add_argument("--images", nargs="*",
+                        help="image files or folders of images (default: scikit-image's astronaut and coffee)")
     if weights_help is not None:
         parser.add_argument("--weights", help=weights_help)
     parser.add_argument("--random-init", action="store_true", help=f"tiny random-init {model_kind} of the same class")
@@ -38,9 +41,10 @@ def example_parser(doc: str, *, out: str, image_size: int | None, size_help: str
 
 
 def example_images(args: argparse.Namespace) -> tuple[list[str], list[Image.Image]]:
-    """Names and images: the files given with --images, else scikit-image's photos."""
+    """Names and images: the files (or folders of images) given with --images, else scikit-image's photos."""
     if args.images:
-        return [Path(p).stem for p in args.images], [Image.open(p) for p in args.images]
+        files = image_files(args.images)
+        return [path.stem for path in files], [load_image(path) for path in files]
     return list(DEFAULT_IMAGES), [demo_image(name) for name in DEFAULT_IMAGES]
 
 

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from _common import decompose_and_plot, example_images, example_parser, segments_per_image  # noqa: E402
 from interpret_spectral import probe  # noqa: E402
-from interpret_spectral.cli import WeightsNotFoundError, load_model  # noqa: E402
+from interpret_spectral.models import WeightsNotFoundError, load_model  # noqa: E402
 
 MODEL = "vit_small_patch16_224.dino"
 

@@ -43,7 +43,7 @@ import torch
 import xarray as xr
 
 from interpret_spectral import probe
-from interpret_spectral.segmentation.kmeans import upsample_labels
+from interpret_spectral.segmentation import upsample_labels
 from interpret_spectral.evaluation.folders import SegmentationFolder
 from interpret_spectral.spectral.dataset import decompose_dataset
 from interpret_spectral.evaluation.spatial_semantic import spatial_semantic

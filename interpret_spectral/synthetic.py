@@ -30,6 +30,7 @@ import numpy as np
 import xarray as xr
 
 from interpret_spectral.store.sites import AttentionSite
+from interpret_spectral.store.files import array_filters
 from interpret_spectral.store.writer import create_store
 from interpret_spectral.store.reader import open_store
 
@@ -155,7 +156,8 @@ def planted_store(
     ]
     n_steps = 1 if timesteps is None else len(timesteps)
     extra = None if timesteps is None else {"timestep": list(timesteps)}
-    writer = create_store(sites, path=path, extra_dims=extra, attrs={"model": "planted", "adapter": "synthetic"})
+    writer = create_store(sites, path=path, extra_dims=extra, attrs={"model": "planted", "adapter": "synthetic"},
+                          samples_requested=n_samples)
     truth = np.zeros((n_samples, *finest), dtype=np.int32)
     try:
         for sample in range(n_samples):
@@ -188,10 +190,12 @@ def planted_store(
         store[LABELS_VARIABLE] = xr.DataArray(truth, dims=("sample", "y", "x"))
         return store
     store.close()
-    import h5netcdf.legacyapi as netcdf
+    import h5netcdf
 
-    with netcdf.Dataset(Path(path), "a") as f:
-        f.createDimension("y", finest[0])
-        f.createDimension("x", finest[1])
-        f.createVariable(LABELS_VARIABLE, "i4", ("sample", "y", "x"))[:] = truth
+    with h5netcdf.File(Path(path), "a") as f:
+        f.dimensions.update({"y": finest[0], "x": finest[1]})
+        labels = f.create_variable(LABELS_VARIABLE, ("sample", "y", "x"), dtype="i4", data=truth,
+                                   chunks=(1, *finest), **array_filters())
+        labels.attrs.update(long_name="planted group labels",
+                            description="Ground-truth group of every cell of the finest grid (planted_store).")
     return open_store(path)

@@ -2,7 +2,9 @@
 
 Every function builds a :class:`matplotlib.figure.Figure` directly (never through
 ``pyplot``, so nothing is left in matplotlib's global state and no GUI backend is
-touched), returns it, and writes a PNG when ``path`` is given.
+touched), returns it, and writes it when ``path`` is given: PNG, PDF or SVG by the
+path's suffix, at ``dpi`` (default 150).  Titles carry the image id and the
+eigenvalues of the components shown; grids and images need not be square.
 
 - :func:`plot_eigenvectors`: components three at a time as the R, G and B channels
   of one picture (the paper's Figures 5 and 6), each channel min-max normalised and
@@ -28,6 +30,8 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
+from interpret_spectral.store.decomposition import as_vectors
+
 __all__ = [
     "eigenvector_rgb",
     "overlay_segments",
@@ -40,8 +44,10 @@ __all__ = [
 
 #: Inches per panel of the figures below.
 PANEL_INCHES = 2.6
-#: Resolution of saved figures (pixels per inch).
-DPI = 100
+#: Default resolution of saved figures (pixels per inch).
+DPI = 150
+#: File formats by path suffix.
+FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
 
 
 # -- arrays -----------------------------------------------------------------------------
@@ -60,20 +66,18 @@ def _select_sample(data: xr.DataArray, sample: int | str) -> xr.DataArray:
     return data.isel(sample=int(sample))
 
 
-def _vectors(decomposition: xr.Dataset | xr.DataArray) -> xr.DataArray:
-    if isinstance(decomposition, xr.Dataset):
-        if "vectors" not in decomposition.data_vars:
-            raise ValueError(
-                f"the Dataset has no 'vectors' (it holds {sorted(decomposition.data_vars)}); "
-                "pass what decompose() or decompose_dataset() returns"
-            )
-        decomposition = decomposition["vectors"]
-    if not isinstance(decomposition, xr.DataArray):
-        raise TypeError(f"expected an xarray Dataset or DataArray, got {type(decomposition).__name__}")
-    missing = {"y", "x", "component"} - set(decomposition.dims)
-    if missing:
-        raise ValueError(f"vectors need dims (sample, y, x, component), got {decomposition.dims}")
-    return decomposition
+def _sample_vectors(decomposition: xr.Dataset | xr.DataArray, sample: int | str) -> tuple[xr.DataArray, str | None]:
+    """``(y, x, component)`` eigenvectors of one sample (read by ``as_vectors``) and its id."""
+    vectors = _select_sample(as_vectors(decomposition), sample)
+    sample_id = str(vectors["sample"].values) if "sample" in vectors.coords else None
+    return vectors.transpose("y", "x", "component"), sample_id
+
+
+def _eigenvalues(decomposition: xr.Dataset | xr.DataArray, sample: int | str) -> np.ndarray | None:
+    """The eigenvalues of one sample, when the decomposition holds ``values``."""
+    if not isinstance(decomposition, xr.Dataset) or "values" not in decomposition.data_vars:
+        return None
+    return np.asarray(_select_sample(decomposition["values"], sample).values, dtype=np.float64)
 
 
 def _as_image(image: Any) -> np.ndarray:
@@ -232,7 +236,7 @@ def overlay_segments(image: Any, labels: xr.DataArray | np.ndarray, alpha: float
     >>> out.shape, out.dtype.name
     ((8, 8, 3), 'uint8')
     """
-    from interpret_spectral.segmentation.kmeans import upsample_labels
+    from interpret_spectral.segmentation.upsample import upsample_labels
 
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
@@ -253,10 +257,18 @@ def overlay_segments(image: Any, labels: xr.DataArray | np.ndarray, alpha: float
 
 
 # -- figures ----------------------------------------------------------------------------
-def _finish(figure: Figure, path: str | os.PathLike[str] | None) -> Figure:
+def _finish(figure: Figure, path: str | os.PathLike[str] | None, dpi: float = DPI) -> Figure:
+    """Save ``figure`` to ``path`` (PNG, PDF or SVG by its suffix) at ``dpi``, and return it."""
     if path is not None:
+        suffix = os.path.splitext(os.fspath(path))[1].lower()
+        if suffix not in FORMATS:
+            raise ValueError(
+                f"cannot tell the figure format of {os.fspath(path)!r}: end the path with one of {sorted(FORMATS)}"
+            )
+        if not float(dpi) > 0:
+            raise ValueError(f"dpi must be positive, got {dpi}")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        figure.savefig(path, dpi=DPI)
+        figure.savefig(path, dpi=float(dpi), format=FORMATS[suffix])
     return figure
 
 
@@ -280,8 +292,31 @@ def _default_groups(n_components: int, start: int, n_groups: int) -> list[tuple[
     return groups
 
 
-def _component_title(group: Sequence[int]) -> str:
-    return "components " + ", ".join(str(c) for c in group)
+def _component_title(group: Sequence[int], values: np.ndarray | None = None) -> str:
+    """``components 1, 2, 3`` and, when known, their eigenvalues on a second line."""
+    title = "components " + ", ".join(str(c) for c in group)
+    if values is not None:
+        title += "\n\u03bb = " + ", ".join(f"{values[c]:.3g}" for c in group)
+    return title
+
+
+def _aspect(shape: Sequence[int]) -> float:
+    """Height over width of a picture, kept within 1:4 .. 4:1 for the panel size."""
+    return float(np.clip(shape[0] / shape[1], 0.25, 4.0))
+
+
+def _label_sample_id(labels: xr.DataArray | np.ndarray, sample: int | str) -> str | None:
+    """The id of one sample of ``segment()``'s labels, when they carry sample ids."""
+    if isinstance(labels, xr.DataArray) and "sample" in labels.dims and "sample" in labels.coords:
+        return str(_select_sample(labels, sample)["sample"].values)
+    return None
+
+
+def _figure_title(title: str | None, sample_id: str | None) -> str | None:
+    """The caller's title, else the image id."""
+    if title:
+        return title
+    return f"image {sample_id}" if sample_id else None
 
 
 def plot_eigenvectors(
@@ -293,6 +328,7 @@ def plot_eigenvectors(
     n_groups: int = 3,
     title: str | None = None,
     path: str | os.PathLike[str] | None = None,
+    dpi: float = DPI,
 ) -> Figure:
     """Eigenvectors of one sample, three at a time as RGB (paper Figures 5 and 6).
 
@@ -311,14 +347,17 @@ def plot_eigenvectors(
     start, n_groups : int
         Where the default triples begin and how many there are.
     title : str, optional
-        Figure title.
+        Figure title; default ``image <sample id>``.
     path : path-like, optional
-        Write the figure there as PNG.
+        Write the figure there: PNG, PDF or SVG by the path's suffix.
+    dpi : float
+        Resolution of the saved figure, pixels per inch (default :data:`DPI`, 150).
 
     Returns
     -------
     matplotlib.figure.Figure
-        One axes for the image (when given) and one per triple.
+        One axes for the image (when given) and one per triple, titled with the
+        components and (when the decomposition holds ``values``) their eigenvalues.
 
     Examples
     --------
@@ -326,7 +365,8 @@ def plot_eigenvectors(
     >>> len(fig.axes)  # doctest: +SKIP
     4
     """
-    vectors = _select_sample(_vectors(decomposition), sample).transpose("y", "x", "component")
+    vectors, sample_id = _sample_vectors(decomposition, sample)
+    eigenvalues = _eigenvalues(decomposition, sample)
     n_components = vectors.sizes["component"]
     triples = [tuple(int(c) for c in g) for g in groups] if groups is not None else _default_groups(
         n_components, int(start), int(n_groups)
@@ -334,7 +374,8 @@ def plot_eigenvectors(
     picture = None if image is None else _as_image(image)
     size = None if picture is None else picture.shape[:2]
     panels = len(triples) + (picture is not None)
-    figure = Figure(figsize=(PANEL_INCHES * panels, PANEL_INCHES + 0.4), dpi=DPI, layout="constrained")
+    aspect = _aspect(picture.shape[:2] if picture is not None else (vectors.sizes["y"], vectors.sizes["x"]))
+    figure = Figure(figsize=(PANEL_INCHES * panels, PANEL_INCHES * aspect + 0.4), dpi=DPI, layout="constrained")
     axes = figure.subplots(1, panels, squeeze=False)[0]
     column = 0
     if picture is not None:
@@ -342,10 +383,11 @@ def plot_eigenvectors(
         column = 1
     values = vectors.values
     for triple, ax in zip(triples, axes[column:]):
-        _show(ax, eigenvector_rgb(values, triple, size), _component_title(triple))
-    if title:
-        figure.suptitle(title, fontsize=10)
-    return _finish(figure, path)
+        _show(ax, eigenvector_rgb(values, triple, size), _component_title(triple, eigenvalues))
+    heading = _figure_title(title, sample_id)
+    if heading:
+        figure.suptitle(heading, fontsize=10)
+    return _finish(figure, path, dpi)
 
 
 def plot_segments(
@@ -355,6 +397,7 @@ def plot_segments(
     alpha: float = 0.5,
     title: str | None = None,
     path: str | os.PathLike[str] | None = None,
+    dpi: float = DPI,
 ) -> Figure:
     """The image beside the image with its segments over it.
 
@@ -369,9 +412,12 @@ def plot_segments(
     alpha : float
         Weight of the segment colours.
     title : str, optional
-        Figure title.
+        Figure title; default ``image <sample id>`` when ``labels`` is a DataArray
+        with sample ids.
     path : path-like, optional
-        Write the figure there as PNG.
+        Write the figure there: PNG, PDF or SVG by the path's suffix.
+    dpi : float
+        Resolution of the saved figure, pixels per inch (default :data:`DPI`, 150).
 
     Returns
     -------
@@ -387,19 +433,22 @@ def plot_segments(
     label_map = _label_map(labels, sample)
     k = int(np.unique(label_map).size)
     picture = _as_image(image)
-    figure = Figure(figsize=(PANEL_INCHES * 2, PANEL_INCHES + 0.4), dpi=DPI, layout="constrained")
+    aspect = _aspect(picture.shape[:2])
+    figure = Figure(figsize=(PANEL_INCHES * 2, PANEL_INCHES * aspect + 0.4), dpi=DPI, layout="constrained")
     axes = figure.subplots(1, 2)
     _show(axes[0], picture, "image")
     _show(axes[1], overlay_segments(picture, label_map, alpha), f"segments (k={k})")
-    if title:
-        figure.suptitle(title, fontsize=10)
-    return _finish(figure, path)
+    heading = _figure_title(title, _label_sample_id(labels, sample))
+    if heading:
+        figure.suptitle(heading, fontsize=10)
+    return _finish(figure, path, dpi)
 
 
 def plot_site_contributions(
     contributions: xr.DataArray,
     title: str | None = None,
     path: str | os.PathLike[str] | None = None,
+    dpi: float = DPI,
 ) -> Figure:
     """A site x head heat map of how well each graph agrees with the solution.
 
@@ -413,7 +462,9 @@ def plot_site_contributions(
     title : str, optional
         Axes title; default names the averaged dimensions.
     path : path-like, optional
-        Write the figure there as PNG.
+        Write the figure there: PNG, PDF or SVG by the path's suffix.
+    dpi : float
+        Resolution of the saved figure, pixels per inch (default :data:`DPI`, 150).
 
     Returns
     -------
@@ -445,7 +496,7 @@ def plot_site_contributions(
     ax.set_ylabel("site")
     ax.set_title(title or ("Rayleigh quotient" + (f" (mean over {', '.join(others)})" if others else "")), fontsize=9)
     figure.colorbar(image, ax=ax, shrink=0.8)
-    return _finish(figure, path)
+    return _finish(figure, path, dpi)
 
 
 def plot_overview(
@@ -457,6 +508,7 @@ def plot_overview(
     n_groups: int = 2,
     title: str | None = None,
     path: str | os.PathLike[str] | None = None,
+    dpi: float = DPI,
 ) -> Figure:
     """One row per decomposition of one image: its segments and its first components.
 
@@ -474,15 +526,18 @@ def plot_overview(
     start, n_groups : int
         Component triples shown per row: ``n_groups`` consecutive triples from ``start``.
     title : str, optional
-        Figure title.
+        Figure title; default ``image <sample id>``.
     path : path-like, optional
-        Write the figure there as PNG.
+        Write the figure there: PNG, PDF or SVG by the path's suffix.
+    dpi : float
+        Resolution of the saved figure, pixels per inch (default :data:`DPI`, 150).
 
     Returns
     -------
     matplotlib.figure.Figure
-        ``len(decompositions)`` rows of ``1 + n_groups`` axes; the saved PNG is
-        ``PANEL_INCHES * DPI * (1 + n_groups)`` pixels wide.
+        ``len(decompositions)`` rows of ``1 + n_groups`` axes, component panels titled
+        with their eigenvalues; the saved PNG is ``PANEL_INCHES * dpi * (1 + n_groups)``
+        pixels wide.
 
     Examples
     --------
@@ -497,14 +552,17 @@ def plot_overview(
     picture = _as_image(image)
     rows = len(decompositions)
     columns = 1 + int(n_groups)
+    sample_id = _sample_vectors(next(iter(decompositions.values())), sample)[1]
+    heading = _figure_title(title, sample_id)
     figure = Figure(
-        figsize=(PANEL_INCHES * columns, PANEL_INCHES * rows + (0.3 if title else 0.0)),
+        figsize=(PANEL_INCHES * columns, PANEL_INCHES * _aspect(picture.shape[:2]) * rows + (0.3 if heading else 0.0)),
         dpi=DPI,
         layout="constrained",
     )
     axes = figure.subplots(rows, columns, squeeze=False)
     for row, (name, decomposition) in enumerate(decompositions.items()):
-        vectors = _select_sample(_vectors(decomposition), sample).transpose("y", "x", "component")
+        vectors, _ = _sample_vectors(decomposition, sample)
+        eigenvalues = _eigenvalues(decomposition, sample)
         triples = _default_groups(vectors.sizes["component"], int(start), int(n_groups))
         if name in labels:
             label_map = _label_map(labels[name], sample)
@@ -514,9 +572,9 @@ def plot_overview(
             _show(axes[row, 0], picture, name)
         for column, triple in enumerate(triples, start=1):
             _show(axes[row, column], eigenvector_rgb(vectors.values, triple, picture.shape[:2]),
-                  f"{name}: {_component_title(triple)}")
+                  f"{name}: {_component_title(triple, eigenvalues)}")
         for column in range(1 + len(triples), columns):
             axes[row, column].set_axis_off()
-    if title:
-        figure.suptitle(title, fontsize=10)
-    return _finish(figure, path)
+    if heading:
+        figure.suptitle(heading, fontsize=10)
+    return _finish(figure, path, dpi)

@@ -15,9 +15,11 @@ from torch import nn
 
 from interpret_spectral import probe
 from interpret_spectral.adapters.mha import MultiheadAttentionAdapter
-from interpret_spectral.adapters.path import PathAdapter, token_layout
+from interpret_spectral.adapters._tokens import token_layout
+from interpret_spectral.adapters.path import PathAdapter
 from interpret_spectral.capture.engine import capture_batch, rebuild_errors
 from interpret_spectral.capture.registry import resolve_adapter
+from interpret_spectral.testing import check_adapter
 
 REL_TOL = 1e-5
 
@@ -115,20 +117,28 @@ def test_mha_rebuild_and_grid(batch_first: bool) -> None:
     sites = adapter.sites(batch)
     assert [s.name for s in sites] == ["attns.0", "attns.1"]
     assert all(s.grid == (4, 6) and s.token_kinds[:2] == ("cls", "patch") and s.head_dim == 4 for s in sites)
-    errors = rebuild_errors(adapter, batch)
-    assert max(errors.values()) < REL_TOL, errors
+    report = check_adapter(model, inputs=batch, grid=(4, 6), special_tokens=1, backends=("hooks",))
+    assert all(outcome == "passed" for outcome in report.checks.values() if outcome != "skipped: nnsight not asked for")
+    assert max(report.rebuild.values()) < REL_TOL, report.rebuild
     # the routing is gone afterwards: forward is the class's again, no hooks
     assert all("forward" not in vars(m) for m in model.modules()) and no_hooks_left(model)
 
 
-def test_mha_auto_grid_square_or_row() -> None:
+def test_mha_token_layout_is_never_guessed() -> None:
     model = MHAViT().eval()
-    row = resolve_adapter(model).sites(torch.randn(1, 3, 12, 12))[0]  # 9 patches + cls: 10 tokens, not square
+    # 9 patches + cls: 10 tokens, not a square; the adapter refuses and names the option to set
+    with pytest.raises(ValueError, match=r"cannot tell the token layout of 10 tokens.*special_tokens=1 would make a 3x3"):
+        resolve_adapter(model).sites(torch.randn(1, 3, 12, 12))
+    row = resolve_adapter(model, grid=(1, 10)).sites(torch.randn(1, 3, 12, 12))[0]
     assert row.grid == (1, 10) and row.token_kinds == ("patch",) * 10
     square = resolve_adapter(model, special_tokens=1).sites(torch.randn(1, 3, 12, 12))[0]
     assert square.grid == (3, 3) and square.token_kinds[0] == "cls"
     assert token_layout(16)[0] == (4, 4)
+    with pytest.raises(ValueError, match="grid=.*for a sequence"):
+        token_layout(10, special_tokens=0)
     with pytest.raises(ValueError, match="does not hold"):
+        resolve_adapter(model, grid=(2, 2), special_tokens=1).sites(torch.randn(1, 3, 12, 12))
+    with pytest.raises(ValueError, match="cannot tell the token layout"):
         resolve_adapter(model, grid=(2, 2)).sites(torch.randn(1, 3, 12, 12))
 
 
@@ -150,7 +160,7 @@ def test_mha_model_output_unchanged_and_bare_module() -> None:
     torch.manual_seed(0)
     model = MHAViT().eval()
     x = torch.randn(2, 3, 16, 16)
-    adapter = resolve_adapter(model)
+    adapter = resolve_adapter(model, special_tokens=1)
     sites = adapter.sites(x)
     with torch.no_grad():
         expected = model(x)
@@ -177,7 +187,7 @@ def test_mha_exception_inside_forward_restores_the_model() -> None:
     handle = model.norms[1].register_forward_hook(explode)
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            probe(model, torch.randn(2, 3, 8, 8), progress=False)
+            probe(model, torch.randn(2, 3, 8, 8), special_tokens=1, progress=False)
     finally:
         handle.remove()
     assert calls["n"] == 2

@@ -23,7 +23,9 @@ import xarray as xr
 from PIL import Image
 
 from interpret_spectral import viz
-from interpret_spectral.cli import build_parser, main, parse_model_spec
+from interpret_spectral.cli import build_parser, main
+from interpret_spectral.models import parse_model_spec
+from interpret_spectral.segmentation.choose_k import DEFAULT_K_METHOD
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -44,6 +46,12 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     assert "Traceback" not in err
     assert lines[0].startswith("interpret-spectral: error: ")
     return lines[0]
+
+
+def _assert_overview_size(size: tuple[int, int]) -> None:
+    """Three panels wide, two rows of square panels high (plus at most half an inch of headings)."""
+    assert size[0] == round(viz.PANEL_INCHES * 3 * viz.DPI)
+    assert round(viz.PANEL_INCHES * 2 * viz.DPI) <= size[1] <= round((viz.PANEL_INCHES * 2 + 0.5) * viz.DPI), size
 
 
 # -- the whole job ----------------------------------------------------------------------------
@@ -80,7 +88,7 @@ def test_analyze_writes_store_vectors_labels_figures_and_summary(analyzed: Path)
                 vectors["values"].isel(sample=i).values.tolist(), abs=1e-5)
         labels = xr.open_dataset(analyzed / f"labels_{graph}.nc", engine="h5netcdf")["labels"].load()
         assert labels.dims == ("sample", "y", "x") and labels.shape == (2, 16, 16)
-        assert labels.attrs["method"] == "kmeans" and labels.attrs["k_selection"] == "silhouette"
+        assert labels.attrs["method"] == "kmeans" and labels.attrs["k_selection"] == DEFAULT_K_METHOD
         for i, name in enumerate(IMAGES):
             k = int(labels["k"].values[i])
             assert summary["graphs"][graph]["k"][name] == k and 2 <= k <= 10
@@ -93,7 +101,7 @@ def test_analyze_writes_store_vectors_labels_figures_and_summary(analyzed: Path)
         with Image.open(analyzed / relative) as image:
             assert image.format == "PNG" and min(image.size) > 100
     with Image.open(analyzed / "figures" / "vainf_0000_overview.png") as image:
-        assert image.size == (round(viz.PANEL_INCHES * 3 * viz.DPI), round(viz.PANEL_INCHES * 2 * viz.DPI))
+        _assert_overview_size(image.size)
 
 
 @needs_voc
@@ -116,7 +124,7 @@ def test_decompose_and_segment_alone_reproduce_analyze(analyzed: Path, tmp_path:
 def test_evaluate_labels_equals_oracle_miou_computed_directly(
     analyzed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from interpret_spectral.segmentation.kmeans import upsample_labels
+    from interpret_spectral.segmentation import upsample_labels
     from interpret_spectral.evaluation.folders import SegmentationFolder
     from interpret_spectral.evaluation.metrics import oracle_miou
 
@@ -236,7 +244,7 @@ def test_demo_writes_a_real_figure_of_the_expected_size(tmp_path: Path) -> None:
         image.verify()
     with Image.open(figure) as image:
         assert image.format == "PNG"
-        assert image.size == (round(viz.PANEL_INCHES * 3 * viz.DPI), round(viz.PANEL_INCHES * 2 * viz.DPI))
+        _assert_overview_size(image.size)
         pixels = np.asarray(image.convert("RGB"))
     assert pixels.std() > 20  # a picture, not a blank canvas
     assert figure.stat().st_size < 300_000
@@ -270,16 +278,24 @@ def test_model_specs() -> None:
 @pytest.mark.parametrize(
     ("argv", "expected", "status"),
     [
-        (["analyze", "/no/such/photo.jpg"], "input /no/such/photo.jpg does not exist", 1),
+        (["analyze", "/no/such/photo.jpg"], "/no/such/photo.jpg does not exist", 1),
         (["analyze", "{image}", "--model", "resnet50"], "unknown model 'resnet50'", 2),
         (["analyze", "{image}", "--model", "timm:vit_small_patch16_224", "--weights", "/no/such.pth"],
          "weights /no/such.pth do not exist", 1),
-        (["analyze", "{image}", "--graph", "kq"], "--graph takes qk, vv or qk,vv", 2),
+        (["analyze", "{image}", "--graph", "kq"], "--graph: unknown graph kind 'kq'; available: ", 2),
+        (["analyze", "{image}", "--solver", "magic"], "--solver: unknown solver 'magic'; available: ", 2),
+        (["analyze", "{image}", "--k-range", "5..2"], "--k-range '5..2' is empty", 2),
+        (["analyze", "{image}", "--k-range", "1,3"], "--k-range values must be >= 2", 2),
+        (["analyze", "{image}", "--dtype", "int8"], "invalid choice: 'int8'", 2),
+        (["decompose", "{image}", "--graph", "qk,vv", "--out", "v.nc"], "--graph takes one of", 2),
+        (["decompose", "/no/such/store.h5", "--out", "{image}"], "vectors file {image} exists; pass --overwrite", 1),
+        (["segment", "/no/such/vectors.nc", "--out", "l.nc", "--crf"], "--crf refines on the images", 2),
+        (["segment", "{image}", "--out", "l.nc"], "is not a netCDF/HDF5 file written by interpret-spectral", 1),
         (["analyze", "{image}", "--n-components", "0"], "expected a positive integer", 2),
         (["analyze"], "the following arguments are required: inputs", 2),
         (["transmogrify"], "invalid choice: 'transmogrify'", 2),
         (["decompose", "/no/such/store.h5", "--out", "v.nc"], "no store at /no/such/store.h5", 1),
-        (["decompose", "{image}", "--out", "v.nc"], "cannot be read as HDF5", 1),
+        (["decompose", "{image}", "--out", "v.nc"], "is not an HDF5 file", 1),
         (["segment", "/no/such/vectors.nc", "--out", "l.nc"], "vectors (decompose) file /no/such/vectors.nc does not exist", 1),
         (["evaluate", "/no/such/folder"], "segmentation folder /no/such/folder does not exist", 1),
         (["probe", "{image}", "--out", "s.h5", "--timesteps", "10"], "--timesteps applies to sd: models only", 2),
@@ -295,7 +311,8 @@ def test_bad_arguments_give_one_line_and_a_nonzero_exit(
     monkeypatch.chdir(tmp_path)  # outputs named relatively land in tmp_path
     assert main(argv) == status
     line = _one_error_line(capsys)
-    assert expected in line, line
+    assert expected.replace("{image}", str(image)) in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]  # nothing written, no temporary left
 
 
 def test_analyze_keeps_an_earlier_run_unless_told(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -345,3 +362,130 @@ def test_timm_weights_not_cached_say_how_to_get_them(
     line = _one_error_line(capsys)
     assert "timm weights for vit_small_patch16_224.dino are not in the local cache" in line
     assert "hf download timm/vit_small_patch16_224.dino" in line and "--weights" in line
+
+
+# -- speed, logging, replace-on-success ---------------------------------------------------------
+def test_help_and_version_import_no_heavy_module(tmp_path: Path) -> None:
+    """Building the parser (what --help and --version do) imports neither torch nor xarray."""
+    code = (
+        "import sys\n"
+        "from interpret_spectral.cli import build_parser, COMMANDS\n"
+        "parser = build_parser()\n"
+        "heavy = [m for m in ('torch', 'xarray', 'h5py', 'numpy', 'sklearn', 'transformers', 'timm') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
+    version = _run_cli(["--version"], tmp_path)
+    from interpret_spectral import __version__
+
+    assert version.returncode == 0 and version.stdout.strip() == f"interpret-spectral {__version__}"
+    help_text = _run_cli(["--help"], tmp_path).stdout
+    assert all(command in help_text for command in ("analyze", "probe", "decompose", "segment", "evaluate", "demo"))
+
+
+def test_cli_mirrors_of_model_and_demo_constants_agree() -> None:
+    """The CLI spells a few constants out (so that --help imports nothing); they must match the real ones."""
+    from interpret_spectral import demo
+    from interpret_spectral.cli import common
+    from interpret_spectral.cli import demo as demo_command
+    from interpret_spectral.models import loaders
+
+    assert common.DEFAULT_MODEL == loaders.DEFAULT_MODEL and common.MODEL_HELP == loaders.MODEL_HELP
+    assert common.DTYPES == loaders.DTYPES and common.SD_TIMESTEPS == loaders.SD_TIMESTEPS
+    assert demo_command.DEMO_IMAGES == demo.DEMO_IMAGES
+
+
+def test_every_command_takes_the_shared_options() -> None:
+    parser = build_parser()
+    for argv in (["analyze", "a.png"], ["probe", "a.png", "--out", "s.h5"], ["evaluate", "data"], ["demo"]):
+        args = parser.parse_args([*argv, "--device", "cpu", "--dtype", "bfloat16", "-v"])
+        assert (args.device, args.dtype, args.verbose) == ("cpu", "bfloat16", 1), argv
+    args = parser.parse_args(["analyze", "a.png", "--k-range", "2..6", "--k-method", "silhouette", "--crf", "-q"])
+    assert (args.k_range, args.k_method, args.crf, args.quiet) == ("2..6", "silhouette", True, True)
+
+
+@pytest.fixture(scope="module")
+def timm_weights(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    pytest.importorskip("timm")
+    return _local_weights("timm", tmp_path_factory.mktemp("timm"))
+
+
+def _truncated_png(path: Path) -> Path:
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(path)
+    path.write_bytes(path.read_bytes()[:60])
+    return path
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_failing_analyze_overwrite_leaves_the_earlier_run_intact(
+    timm_weights: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "images"
+    good.mkdir()
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(good / "green.png")
+    out = tmp_path / "run"
+    common = [*timm_weights, "--n-components", "4", "--k", "3", "--no-figures", "--out", str(out)]
+    assert main(["analyze", str(good), *common]) == 0
+    first = _snapshot(out)
+    assert set(first) == {"store.h5", "summary.json", "vectors_qk.nc", "labels_qk.nc", "vectors_vv.nc", "labels_vv.nc"}
+    capsys.readouterr()
+    bad = _truncated_png(tmp_path / "broken.png")
+    assert main(["analyze", str(bad), *common, "--overwrite"]) == 1
+    line = _one_error_line(capsys)
+    assert "broken.png" in line, line  # the error names the file
+    assert _snapshot(out) == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.png", "images", "run"]  # no temporary left
+    pytest.importorskip("pydensecrf")
+    assert main(["analyze", str(good), *common, "--overwrite", "--graph", "vv", "--crf", "-q"]) == 0
+    settings = json.loads((out / "summary.json").read_text())["settings"]
+    assert settings["graphs"] == ["vv"] and settings["crf"] is True
+    assert not (out / "vectors_qk.nc").exists()  # the earlier run's files went with it
+    labels = xr.open_dataset(out / "labels_vv.nc", engine="h5netcdf")["labels"]
+    assert labels.shape == (1, 64, 64) and labels.attrs["refine"] == "crf"  # refined on the image's pixels
+
+
+def test_a_failing_probe_overwrite_leaves_the_earlier_store_intact(
+    timm_weights: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "green.png"
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(image)
+    out = tmp_path / "store.h5"
+    assert main(["probe", str(image), *timm_weights, "--out", str(out), "-q"]) == 0
+    first = out.read_bytes()
+    capsys.readouterr()
+    assert main(["probe", str(image), *timm_weights, "--out", str(out)]) == 1
+    assert "--overwrite" in _one_error_line(capsys)
+    bad = _truncated_png(tmp_path / "broken.png")
+    assert main(["probe", str(bad), *timm_weights, "--out", str(out), "--overwrite"]) == 1
+    assert "broken.png" in _one_error_line(capsys)
+    assert out.read_bytes() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.png", "green.png", "store.h5"]
+    assert main(["probe", str(image), *timm_weights, "--out", str(out), "--overwrite", "--layers", "0", "-q"]) == 0
+    from interpret_spectral.store.reader import open_store, site_names
+
+    store = open_store(out)
+    assert site_names(store) == ["blocks.0.attn"]
+    store.close()
+
+
+def test_status_lines_go_to_stdout_and_quiet_hides_them(
+    timm_weights: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "green.png"
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(image)
+    argv = ["probe", str(image), *timm_weights, "--out", str(tmp_path / "s.h5"), "--device", "cpu", "--dtype", "bfloat16"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "loading model timm:vit_tiny_patch16_224" in captured.out and f"wrote {tmp_path / 's.h5'}" in captured.out
+    from interpret_spectral.store.reader import open_store
+
+    store = open_store(tmp_path / "s.h5")  # a bfloat16 forward pass, recorded as float32
+    assert store["blocks.0.attn"]["q"].dtype == np.float32 and np.isfinite(store["blocks.0.attn"]["q"].values).all()
+    store.close()
+    assert main(["decompose", str(tmp_path / "s.h5"), "--out", str(tmp_path / "v.nc"), "-q", "--n-components", "3"]) == 0
+    assert capsys.readouterr().out == ""

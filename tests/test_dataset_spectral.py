@@ -12,8 +12,10 @@ from scipy.linalg import subspace_angles
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-import interpret_spectral.spectral.dataset as dataset_spectral
-from interpret_spectral.spectral.dataset import decompose_dataset, intra_inter_topk
+import interpret_spectral.spectral.dataset_graphs as dataset_graphs
+from interpret_spectral.spectral.dataset import decompose_dataset
+from interpret_spectral.spectral.eq4 import QuadraticForms, SparseGraph, SparseProduct
+from interpret_spectral.spectral.topk import intra_inter_topk
 from interpret_spectral.capture.contract import AttentionSite
 from interpret_spectral.store.writer import create_store
 
@@ -199,9 +201,10 @@ def test_sparse_autograd_functions_have_exact_gradients():
     symmetric = sp.random(5, 5, density=0.5, random_state=2, format="csr")
     symmetric = ((symmetric + symmetric.T) * 0.5).tocsr()
     x = torch.tensor(rng.standard_normal((5, 3)), dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: dataset_spectral._SparseProduct.apply(t, matrix), (x,))
-    assert torch.autograd.gradcheck(lambda t: dataset_spectral._QuadraticForms.apply(t, symmetric), (x,))
-    forms = dataset_spectral._QuadraticForms.apply(x, symmetric).detach().numpy()
+    quadratic = SparseGraph(symmetric).sym_matmul
+    assert torch.autograd.gradcheck(lambda t: SparseProduct.apply(t, matrix), (x,))
+    assert torch.autograd.gradcheck(lambda t: QuadraticForms.apply(t, quadratic)[0], (x,))
+    forms = QuadraticForms.apply(x, quadratic)[0].detach().numpy()
     np.testing.assert_allclose(forms, np.einsum("ik,ij,jk->k", x.detach().numpy(), symmetric.toarray(),
                                                 x.detach().numpy()))
 
@@ -211,15 +214,15 @@ def test_sparse_autograd_functions_have_exact_gradients():
 def test_store_is_read_in_small_pieces(tmp_path, monkeypatch, options):
     store, _, _ = planted_store(n_images=12, path=tmp_path / "planted.h5")
     reads: list[tuple[str, int]] = []
-    original = dataset_spectral.patch_tokens
+    original = dataset_graphs.patch_tokens
 
     def spy(tree, site, var, samples=slice(None), timesteps=None):
         assert isinstance(samples, slice) and samples.stop is not None, "read contiguous runs of samples"
         reads.append((site, samples.stop - samples.start))
         return original(tree, site, var, samples=samples, timesteps=timesteps)
 
-    monkeypatch.setattr(dataset_spectral, "patch_tokens", spy)
-    monkeypatch.setattr(dataset_spectral, "_READ_SAMPLES", 5)
+    monkeypatch.setattr(dataset_graphs, "patch_tokens", spy)
+    monkeypatch.setattr(dataset_graphs, "_READ_SAMPLES", 5)
     decompose_dataset(store, graph="qk", **{**options, "epochs": 2})
     assert reads and max(count for _, count in reads) <= 5
     # one site at a time: all reads of a site come before any read of the next (within one pass)
@@ -238,7 +241,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(planted, tmp_path, 
     reference = decompose_dataset(store, graph="qk", **options)
 
     path = tmp_path / f"state{suffix}"
-    original = dataset_spectral._relaxed_loss
+    original = SparseGraph.sym_matmul
     calls = {"n": 0}
 
     def interrupting(*args, **kwargs):
@@ -249,10 +252,10 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(planted, tmp_path, 
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(dataset_spectral, "_relaxed_loss", interrupting)
+    monkeypatch.setattr(SparseGraph, "sym_matmul", interrupting)
     with pytest.raises(KeyboardInterrupt):
         decompose_dataset(store, graph="qk", checkpoint=path, checkpoint_every=2, **options)
-    monkeypatch.setattr(dataset_spectral, "_relaxed_loss", original)
+    monkeypatch.setattr(SparseGraph, "sym_matmul", original)
     assert path.exists() and not list(tmp_path.glob("*.tmp"))
 
     resumed = decompose_dataset(store, graph="qk", checkpoint=path, checkpoint_every=2, **options)
@@ -260,7 +263,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(planted, tmp_path, 
     np.testing.assert_allclose(resumed["values"].values, reference["values"].values, atol=1e-9)
 
     # a finished checkpoint reproduces the result without training
-    monkeypatch.setattr(dataset_spectral, "_relaxed_loss", None)
+    monkeypatch.setattr(SparseGraph, "sym_matmul", None)
     again = decompose_dataset(store, graph="qk", checkpoint=path, **options)
     np.testing.assert_allclose(again["vectors"].values, reference["vectors"].values, atol=1e-6)
 

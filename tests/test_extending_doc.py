@@ -1,4 +1,4 @@
-"""docs/extending.md runs: its Python blocks, executed in order, end with the rebuild check."""
+"""docs/extending.md runs: its Python blocks, executed in order, end with the rebuild check and the kit."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ def test_the_guide_has_a_worked_example_ending_with_the_rebuild_check() -> None:
     blocks = _python_blocks()
     assert len(blocks) >= 5
     assert "register_adapter" in "".join(blocks)
-    last = blocks[-1]
-    assert "capture_batch" in last and "output_tap" in last and "assert" in last.splitlines()[-1]
+    rebuild = next(block for block in blocks if "capture_batch" in block)
+    assert "output_tap" in rebuild and "assert" in rebuild.strip().splitlines()[-1]
+    assert "check_adapter" in blocks[-1] and "assert" in blocks[-1].strip().splitlines()[-1]
 
 
 def test_the_guide_code_runs() -> None:
@@ -26,6 +27,7 @@ def test_the_guide_code_runs() -> None:
     for number, block in enumerate(_python_blocks()):
         exec(compile(block, f"{DOC.name}[python block {number}]", "exec"), namespace)
     assert "TinyViTAdapter" in namespace and "arrays" in namespace
+    assert namespace["report"].checks["rebuild"] == "passed"
 
 
 BUILT_IN = {
@@ -74,7 +76,7 @@ def test_a_third_party_entry_point_is_discovered(tmp_path, monkeypatch) -> None:
         "    def matches(cls, model):\n"
         "        return isinstance(model, Gadget)\n"
         "    def __init__(self, model=None):\n"
-        "        super().__init__(model, q='q', k='k', v='v', heads=2)\n"
+        "        super().__init__(model, q='q', k='k', v='v', heads=2, grid=(3, 3))\n"
     )
     dist = tmp_path / "third_party_adapters-1.0.dist-info"
     dist.mkdir()

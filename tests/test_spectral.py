@@ -11,7 +11,8 @@ from scipy.linalg import subspace_angles
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from interpret_spectral.spectral.decompose import decompose, sample_operator, select_layers, site_contributions
+from interpret_spectral.spectral.decompose import decompose, sample_operator, site_contributions
+from interpret_spectral.store.selection import select_layers
 from interpret_spectral.synthetic import LABELS_VARIABLE, planted_labels, planted_store
 
 GRIDS = ((16, 16), (8, 8), (4, 4))

@@ -112,7 +112,7 @@ def test_truncated_file_raises_clear_error(tmp_path):
     shutil.copy(path, truncated)
     with open(truncated, "r+b") as f:
         f.truncate(path.stat().st_size // 2)
-    with pytest.raises(StoreError, match="truncated or not a store"):
+    with pytest.raises(StoreError, match="is truncated"):
         open_store(truncated)
 
 

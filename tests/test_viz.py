@@ -16,16 +16,15 @@ from matplotlib import _pylab_helpers
 from PIL import Image
 
 from interpret_spectral import viz
+from interpret_spectral.store.decomposition import make_decomposition
 
 
-def _decomposition(n_samples: int = 2, grid: int = 8, n_components: int = 7) -> xr.Dataset:
+def _decomposition(n_samples: int = 2, grid: int | tuple[int, int] = 8, n_components: int = 7) -> xr.Dataset:
     rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(n_samples, grid, grid, n_components))
-    return xr.Dataset(
-        {"vectors": (("sample", "y", "x", "component"), vectors),
-         "values": (("sample", "component"), np.sort(rng.random((n_samples, n_components)))[:, ::-1])},
-        coords={"sample": [f"s{i}" for i in range(n_samples)], "component": np.arange(n_components)},
-    )
+    height, width = (grid, grid) if isinstance(grid, int) else grid
+    vectors = rng.normal(size=(n_samples, height, width, n_components))
+    values = np.sort(rng.random((n_samples, n_components)))[:, ::-1]
+    return make_decomposition(vectors, values, [f"s{i}" for i in range(n_samples)], producer="test")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +84,12 @@ def test_plot_eigenvectors_has_one_panel_per_triple_plus_the_image(tmp_path, pho
     np.testing.assert_array_equal(np.asarray(shown[0]), photo)
     expected = viz.eigenvector_rgb(decomposition["vectors"].isel(sample=1), (4, 5, 6), (96, 96))
     np.testing.assert_allclose(np.asarray(shown[2]), expected)
-    assert [ax.get_title() for ax in figure.axes[1:]] == ["components 1, 2, 3", "components 4, 5, 6"]
+    values = decomposition["values"].values[1]
+    assert [ax.get_title() for ax in figure.axes[1:]] == [
+        "components 1, 2, 3\n\u03bb = " + ", ".join(f"{values[c]:.3g}" for c in (1, 2, 3)),
+        "components 4, 5, 6\n\u03bb = " + ", ".join(f"{values[c]:.3g}" for c in (4, 5, 6)),
+    ]
+    assert figure.get_suptitle() == "image s1"
     width = round(viz.PANEL_INCHES * 3 * viz.DPI)
     assert _png_size(path) == (width, round((viz.PANEL_INCHES + 0.4) * viz.DPI))
     # No pyplot figure manager was created: nothing leaks into matplotlib's global state.
@@ -126,7 +130,7 @@ def test_plot_segments_shows_the_image_and_the_overlay(tmp_path, photo: np.ndarr
     assert len(figure.axes) == 2
     overlay = np.asarray(figure.axes[1].get_images()[0].get_array())
     np.testing.assert_array_equal(overlay, viz.overlay_segments(photo, labels.isel(sample=0)))
-    assert figure.axes[1].get_title() == "segments (k=4)"
+    assert figure.axes[1].get_title() == "segments (k=4)" and figure.get_suptitle() == "image s0"
     assert _png_size(tmp_path / "seg.png") == (round(viz.PANEL_INCHES * 2 * viz.DPI), round((viz.PANEL_INCHES + 0.4) * viz.DPI))
 
 
@@ -159,8 +163,10 @@ def test_plot_overview_writes_rows_of_segments_and_components(tmp_path, photo: n
     figure = viz.plot_overview(photo, {"QK": qk, "VV": vv}, {"QK": labels}, sample=1, start=1, n_groups=2, path=path)
     assert len(figure.axes) == 6
     titles = [ax.get_title() for ax in figure.axes]
-    assert titles[0] == "QK: segments (k=2)" and titles[3] == "VV" and titles[5] == "VV: components 4, 5, 6"
-    assert _png_size(path) == (round(viz.PANEL_INCHES * 3 * viz.DPI), round(viz.PANEL_INCHES * 2 * viz.DPI))
+    assert titles[0] == "QK: segments (k=2)" and titles[3] == "VV"
+    assert titles[5].startswith("VV: components 4, 5, 6\n\u03bb = ") and figure.get_suptitle() == "image s1"
+    # two rows of panels, and room for the title (the image id)
+    assert _png_size(path) == (round(viz.PANEL_INCHES * 3 * viz.DPI), round((viz.PANEL_INCHES * 2 + 0.3) * viz.DPI))
     with pytest.raises(ValueError, match="no decomposition"):
         viz.plot_overview(photo, {"QK": qk}, {"VV": labels})
 
@@ -171,3 +177,49 @@ def test_store_image_reads_the_pixels_of_a_sample() -> None:
     np.testing.assert_array_equal(viz.store_image(tree, "b"), pixels[1])
     with pytest.raises(ValueError, match="no pixels"):
         viz.store_image(xr.DataTree(xr.Dataset(coords={"sample": ["a"]})))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".pdf", ".svg"])
+def test_figures_are_saved_by_suffix_at_the_asked_dpi(tmp_path, suffix: str) -> None:
+    path = tmp_path / f"eig{suffix}"
+    viz.plot_eigenvectors(_decomposition(), n_groups=1, path=path, dpi=80)
+    head = path.read_bytes()[:64]
+    if suffix == ".png":
+        assert _png_size(path) == (round(viz.PANEL_INCHES * 80), round((viz.PANEL_INCHES + 0.4) * 80))
+    elif suffix == ".pdf":
+        assert head.startswith(b"%PDF")
+    else:
+        assert b"<svg" in path.read_bytes()[:2000]
+
+
+def test_default_dpi_is_150_and_bad_paths_are_refused(tmp_path) -> None:
+    assert viz.DPI == 150
+    viz.plot_eigenvectors(_decomposition(), n_groups=1, path=tmp_path / "eig.png")
+    assert _png_size(tmp_path / "eig.png") == (round(viz.PANEL_INCHES * 150), round((viz.PANEL_INCHES + 0.4) * 150))
+    with pytest.raises(ValueError, match="figure format"):
+        viz.plot_eigenvectors(_decomposition(), n_groups=1, path=tmp_path / "eig.jpeg")
+    with pytest.raises(ValueError, match="dpi"):
+        viz.plot_eigenvectors(_decomposition(), n_groups=1, path=tmp_path / "eig.png", dpi=0)
+
+
+def test_two_to_one_grids_and_images(tmp_path) -> None:
+    """A 4 x 8 grid (2:1) over a 48 x 96 image: the maps keep the aspect, figures size their panels to it."""
+    from interpret_spectral import segment
+
+    decomposition = _decomposition(grid=(4, 8))
+    image = np.zeros((48, 96, 3), np.uint8)
+    image[:, 48:] = 255
+    rgb = viz.eigenvector_rgb(decomposition["vectors"].isel(sample=0), (0, 1, 2), size=(48, 96))
+    assert rgb.shape == (48, 96, 3)
+    figure = viz.plot_eigenvectors(decomposition, image=image, n_groups=2, path=tmp_path / "wide.png")
+    assert [np.asarray(ax.get_images()[0].get_array()).shape for ax in figure.axes] == [(48, 96, 3)] * 3
+    width, height = _png_size(tmp_path / "wide.png")
+    assert (width, height) == (round(viz.PANEL_INCHES * 3 * viz.DPI), round((viz.PANEL_INCHES * 0.5 + 0.4) * viz.DPI))
+    labels = segment(decomposition, k=2)
+    assert labels.shape == (2, 4, 8)
+    overlay = viz.overlay_segments(image, labels.isel(sample=0))
+    assert overlay.shape == (48, 96, 3)
+    figure = viz.plot_segments(labels, image, sample=1, path=tmp_path / "wide_seg.svg")
+    assert figure.get_suptitle() == "image s1"
+    figure = viz.plot_overview(image, {"QK": decomposition}, {"QK": labels}, n_groups=1, path=tmp_path / "o.pdf")
+    assert np.asarray(figure.axes[1].get_images()[0].get_array()).shape == (48, 96, 3)

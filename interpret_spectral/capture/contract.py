@@ -1,7 +1,7 @@
-"""Attention sites, the adapter contract and the adapter registry.
+"""The adapter contract: what an adapter answers, and the taps the engine reads.
 
 An *adapter* is the only code that knows a backbone.  It answers three questions
-for one family of models (see ``DESIGN.md``):
+for one family of models:
 
 1. which modules are attention layers, in forward order, and their
    :class:`AttentionSite` (stable name, module path, heads, head dim, scale,
@@ -12,15 +12,16 @@ for one family of models (see ``DESIGN.md``):
    *taps* on its modules (:meth:`Adapter.taps`, :meth:`Adapter.assemble`).
 
 Adapters are declarative about *where* to read: they name module outputs or
-inputs (:class:`Tap`), and the capture engine in :mod:`interpret_spectral.probe`
+inputs (:class:`Tap`), and the capture engine (:mod:`interpret_spectral.capture.engine`)
 reads them through forward hooks or nnsight.  This is what makes
-``backend="hooks"`` and ``backend="nnsight"`` give identical stores.
+``backend="hooks"`` and ``backend="nnsight"`` give identical stores.  An adapter
+that must change the model for a batch (processors, a size mode, helper hooks) does
+it in :meth:`Adapter.forward_context` and undoes it on every exit path;
+:func:`interpret_spectral.testing.check_adapter` checks all of this.
 
-Registering an adapter::
+Registering an adapter (the registry is :mod:`interpret_spectral.capture.registry`)::
 
-    from interpret_spectral.capture.contract import Adapter
-
-    from interpret_spectral.capture.registry import register_adapter
+    from interpret_spectral.capture import Adapter, register_adapter
 
     @register_adapter("my-model")
     class MyAdapter(Adapter):
@@ -38,7 +39,8 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -46,17 +48,12 @@ import torch
 
 from interpret_spectral.store.sites import CAPTURABLE, TOKEN_KINDS, AttentionSite
 
-__all__ = [
-    "AttentionSite",
-    "Tap",
-    "Adapter",
-    "register_adapter",
-    "available_adapters",
-    "get_adapter_class",
-    "resolve_adapter",
-    "AdapterNotFoundError",
-    "split_heads",
-]
+__all__ = ["AttentionSite", "Tap", "Adapter", "split_heads", "check_scale", "check_site", "SCALE_RANGE", "TOKEN_KINDS"]
+
+#: Softmax scales outside this range are refused: no attention layer multiplies ``q k^T`` by 1e30.
+SCALE_RANGE = (1e-6, 1e3)
+#: Largest head count and head width believed from a model or an option.
+_MAX_HEADS, _MAX_HEAD_DIM = 65_536, 65_536
 
 @dataclasses.dataclass(frozen=True)
 class Tap:
@@ -94,6 +91,47 @@ def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return x.reshape(b, n, num_heads, c // num_heads).permute(0, 2, 1, 3)
 
 
+def check_scale(scale: object, what: str = "scale") -> float:
+    """``scale`` as a float, refused when it is not a finite number in :data:`SCALE_RANGE`.
+
+    Examples
+    --------
+    >>> check_scale(0.125)
+    0.125
+    >>> check_scale(1e30)  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    ValueError: scale 1e+30 is outside [1e-06, 1000.0] ...
+    """
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) and not hasattr(scale, "__float__"):
+        raise TypeError(f"{what} must be a number, got {scale!r}")
+    value = float(scale)  # type: ignore[arg-type]
+    if not math.isfinite(value) or not SCALE_RANGE[0] <= value <= SCALE_RANGE[1]:
+        raise ValueError(
+            f"{what} {value!r} is outside [{SCALE_RANGE[0]}, {SCALE_RANGE[1]}]: the softmax scale of q k^T is "
+            "usually head_dim ** -0.5 (0.125 for 64 channels); give the factor the layer multiplies its "
+            "scores by (1 / divisor for a model that divides)"
+        )
+    return value
+
+
+def check_site(site: AttentionSite, adapter: str = "the adapter") -> AttentionSite:
+    """Refuse a site whose numbers no attention layer has (the engine checks every site).
+
+    Examples
+    --------
+    >>> site = AttentionSite("a", "a", 0, 2, 4, 0.5, (1, 2), ("patch", "patch"))
+    >>> check_site(site).name
+    'a'
+    """
+    if not isinstance(site, AttentionSite):
+        raise TypeError(f"{adapter} gave a {type(site).__name__} for a site; sites(batch) must return AttentionSite")
+    for what, value, limit in (("num_heads", site.num_heads, _MAX_HEADS), ("head_dim", site.head_dim, _MAX_HEAD_DIM)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= limit:
+            raise ValueError(f"site {site.name!r} from {adapter}: {what} = {value!r} is not an int in [1, {limit}]")
+    check_scale(site.scale, f"site {site.name!r} from {adapter}: scale")
+    return site
+
+
 class Adapter(abc.ABC):
     """Base class of every adapter; one instance is bound to one model.
 
@@ -106,9 +144,14 @@ class Adapter(abc.ABC):
     engine hands :meth:`assemble` the list of values in call order.
     """
 
+    #: The registered name (set by :func:`~interpret_spectral.capture.registry.register_adapter`).
     name: ClassVar[str] = ""
     #: Whether :meth:`run` calls the model exactly once (required for nnsight).
     single_forward: ClassVar[bool] = True
+    #: Order of ``adapter="auto"``: adapters whose :meth:`matches` holds are tried highest
+    #: priority first.  0 by default; specific adapters (timm, Hugging Face) use 10 so that
+    #: they win over generic ones that match the same model (``torch-mha`` is -10).
+    priority: ClassVar[int] = 0
 
     def __init__(self, model: Any, **options: Any) -> None:
         if options:
@@ -135,7 +178,9 @@ class Adapter(abc.ABC):
         The default refuses: adapters of models that take images override it.
         """
         raise TypeError(
-            f"adapter {self.name!r} cannot preprocess images; pass a model-ready tensor batch instead"
+            f"the {self.name!r} adapter does not know how {type(self.model).__name__} wants its images "
+            "(size, normalisation); pass a model-ready tensor batch (B, C, H, W), resized and normalised "
+            "as the model expects, or an adapter for this model family that reads images"
         )
 
     def model_module(self) -> torch.nn.Module:

@@ -1,19 +1,18 @@
 """The capture engine: ``probe()`` records attention q, k, v into a store.
 
-The adapter says *what* to read (:class:`~interpret_spectral.sites.Tap`); this
-module reads it, by PyTorch forward hooks (the default) or by nnsight tracing, and
-writes the assembled arrays batch by batch into a store.
+The flow of one probe: inputs are listed and read (:mod:`~interpret_spectral.capture.inputs`),
+preprocessed by the adapter, put where the model is (:mod:`~interpret_spectral.capture.placement`),
+run with the taps read (:mod:`~interpret_spectral.capture.tapping`), checked for NaN and
+infinity, and written batch by batch into a store.  The adapter's correctness check is
+:func:`~interpret_spectral.capture.rebuild.rebuild_errors` (re-exported here).
 """
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import os
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -21,89 +20,63 @@ import torch
 import xarray as xr
 from PIL import Image
 
-from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap
-
+from interpret_spectral.capture.contract import Adapter, AttentionSite, check_site
+from interpret_spectral.capture.inputs import IMAGE_SUFFIXES, InputItem, list_inputs, load_image
+from interpret_spectral.capture.placement import model_placement, place_model, to_model
+from interpret_spectral.capture.rebuild import rebuild_errors
 from interpret_spectral.capture.registry import resolve_adapter
+from interpret_spectral.capture.tapping import capture_batch, unwrap
 from interpret_spectral.store.writer import create_store
 
-__all__ = ["probe", "capture_batch", "rebuild_errors", "select_sites", "IMAGE_SUFFIXES"]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+__all__ = [
+    "probe", "capture_batch", "rebuild_errors", "select_sites", "to_model", "model_placement", "NonFiniteError",
+    "IMAGE_SUFFIXES",
+]
 
 
 # -- inputs ---------------------------------------------------------------------------
-@dataclass
-class _Item:
-    sample_id: str
-    source: Any  # a PIL image, a path, or a tensor slice
-
-
-def _list_inputs(inputs: Any, ids: Sequence[str] | None) -> tuple[list[_Item], bool]:
-    """Normalise ``inputs`` into items; returns (items, is_tensor)."""
-    if isinstance(inputs, torch.Tensor):
-        if inputs.ndim < 1 or len(inputs) == 0:
-            raise ValueError("a tensor input must be a non-empty batch (first dimension = samples)")
-        names = list(ids) if ids is not None else [str(i) for i in range(len(inputs))]
-        items = [_Item(n, inputs[i : i + 1]) for i, n in enumerate(names)]
-        if len(items) != len(inputs):
-            raise ValueError(f"{len(names)} sample ids for {len(inputs)} samples")
-        return items, True
-    if isinstance(inputs, (str, os.PathLike)):
-        folder = Path(inputs)
-        if not folder.exists():
-            raise FileNotFoundError(f"input {folder} does not exist; give a folder of images, a list of images or paths, or a tensor")
-        if folder.is_dir():
-            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise ValueError(f"folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            inputs = files
-        else:
-            inputs = [folder]
-    if isinstance(inputs, Image.Image):
-        inputs = [inputs]
-    if not isinstance(inputs, Sequence) or isinstance(inputs, (str, bytes)):
-        raise TypeError(
-            f"inputs must be a tensor batch, a list of PIL images or paths, or a folder; got {type(inputs).__name__}"
-        )
-    if len(inputs) == 0:
-        raise ValueError("no inputs given")
-    items = []
-    for i, source in enumerate(inputs):
-        if isinstance(source, (str, os.PathLike)):
-            path = Path(source)
-            if not path.is_file():
-                raise FileNotFoundError(f"image {path} does not exist")
-            default = path.stem
-        elif isinstance(source, Image.Image):
-            default = f"image-{i}"
-        else:
-            raise TypeError(f"input {i} is a {type(source).__name__}; expected a PIL image or a path")
-        items.append(_Item(default, source))
-    if ids is not None:
-        if len(ids) != len(items):
-            raise ValueError(f"{len(ids)} sample ids for {len(items)} inputs")
-        for item, name in zip(items, ids):
-            item.sample_id = str(name)
-    names = [item.sample_id for item in items]
-    if len(set(names)) != len(names):
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"sample ids must be unique, repeated: {dupes[:5]}; pass sample_ids=")
-    return items, False
-
-
-def _load_image(source: Any) -> Image.Image:
-    if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    with Image.open(source) as image:
-        return image.convert("RGB")
-
-
 def _pixels(images: Sequence[Image.Image], batch: Any) -> np.ndarray | None:
     """The input images at the model's input resolution, uint8 (B, H, W, 3)."""
     if not isinstance(batch, torch.Tensor) or batch.ndim != 4:
         return None
     height, width = batch.shape[-2:]
     return np.stack([np.asarray(im.resize((width, height), Image.BICUBIC), dtype=np.uint8) for im in images])
+
+
+class NonFiniteError(ValueError):
+    """The model gave NaN or infinity at a site; the message names the site and the samples."""
+
+
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def _check_finite(
+    arrays: dict[str, dict[str, np.ndarray]], ids: Sequence[str], store_dtype: str, allow: bool
+) -> None:
+    for site, variables in arrays.items():
+        for var, values in variables.items():
+            flat = values.reshape(len(ids), -1)
+            bad = ~np.isfinite(flat)
+            why = "NaN or infinity"
+            if store_dtype == "float16" and not bad.any():
+                bad = np.abs(flat) > _FLOAT16_MAX
+                why = f"values beyond float16's range (+-{_FLOAT16_MAX:.0f}), infinite once stored"
+            if not bad.any():
+                continue
+            samples = [ids[i] for i in np.flatnonzero(bad.any(axis=1))]
+            message = (
+                f"site {site!r}, {var}: {why} in {int(bad.sum())} values of sample(s) {samples[:5]}"
+                f"{' ...' if len(samples) > 5 else ''}"
+            )
+            if allow:
+                warnings.warn(f"{message}; recorded as it is (allow_nonfinite=True)", RuntimeWarning, stacklevel=3)
+                continue
+            hint = (
+                "store them with store_dtype='float32'"
+                if "float16" in why
+                else "check those inputs and the model (a float16 model can overflow: try dtype='float32')"
+            )
+            raise NonFiniteError(f"{message}; {hint}, or pass allow_nonfinite=True to record them anyway")
 
 
 # -- site selection -------------------------------------------------------------------
@@ -147,228 +120,8 @@ def select_sites(sites: Sequence[AttentionSite], layers: Any) -> list[AttentionS
     return [s for s in sites if s.name in chosen]
 
 
-# -- tapping --------------------------------------------------------------------------
-def _first(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return value[0]
-    return value
-
-
-@contextlib.contextmanager
-def _hooks(module: torch.nn.Module, taps: Sequence[Tap]) -> Iterator[dict[str, list[torch.Tensor]]]:
-    """Forward hooks that collect every tap; removed on every exit path."""
-    collected: dict[str, list[torch.Tensor]] = defaultdict(list)
-    handles = []
-    try:
-        for tap in taps:
-            target = module.get_submodule(tap.module) if tap.module else module
-            if tap.port == "output":
-                def hook(_mod, _args, output, key=tap.key):
-                    collected[key].append(_first(output).detach())
-                handles.append(target.register_forward_hook(hook))
-            else:
-                def pre_hook(_mod, args, kwargs, key=tap.key):
-                    value = args[0] if args else next(iter(kwargs.values()))
-                    collected[key].append(value.detach())
-                handles.append(target.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        yield collected
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _run_nnsight(adapter: Adapter, batch: Any, taps: Sequence[Tap], model: Any) -> dict[str, list[torch.Tensor]]:
-    try:
-        from nnsight import NNsight
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError("backend='nnsight' needs nnsight: pip install 'interpret-spectral[nnsight]'") from error
-    if not adapter.single_forward:
-        raise ValueError(
-            f"adapter {adapter.name!r} runs several forward passes per batch; use backend='hooks' with it"
-        )
-    wrapped = model if _is_nnsight(model) else NNsight(adapter.model_module())
-    args, kwargs = adapter.call_args(batch)
-    # nnsight's cache reads modules in whatever order they run, unlike envoy access,
-    # which must follow execution order.
-    paths = list(dict.fromkeys(tap.module for tap in taps))
-    names = [f"model.{path}" if path else "model" for path in paths]
-    with torch.no_grad(), wrapped.trace(*args, **kwargs) as tracer:
-        cache = tracer.cache(
-            modules=names, device=None, include_inputs=any(tap.port == "input" for tap in taps)
-        )
-    result = {}
-    for tap in taps:
-        entry = cache[f"model.{tap.module}" if tap.module else "model"]
-        value = entry.output if tap.port == "output" else entry.input
-        result[tap.key] = [_first(value).detach()]
-    return result
-
-
-def _is_nnsight(model: Any) -> bool:
-    """Whether ``model`` is an nnsight wrapper (``NNsight``, ``LanguageModel``, ``DiffusionModel``).
-
-    Every nnsight wrapper is an ``Envoy``; torch modules inside nnsight are not.
-    """
-    import sys
-
-    if "nnsight" not in sys.modules:
-        return False
-    from nnsight import Envoy
-
-    return isinstance(model, Envoy)
-
-
-def _unwrap(model: Any) -> Any:
-    """The torch model inside an nnsight wrapper (``NNsight``, ``LanguageModel``, ...)."""
-    if _is_nnsight(model):
-        inner = getattr(model, "_module", None)  # nnsight >= 0.5
-        if not isinstance(inner, torch.nn.Module):
-            inner = getattr(model, "_model", None)  # older nnsight
-        if not isinstance(inner, torch.nn.Module):
-            raise TypeError(f"cannot find the torch model inside {type(model).__name__}")
-        return inner
-    return model
-
-
-def capture_batch(
-    adapter: Adapter,
-    batch: Any,
-    sites: Sequence[AttentionSite],
-    capture: Sequence[str] = ("q", "k", "v"),
-    backend: Literal["hooks", "nnsight"] = "hooks",
-    extra_taps: Sequence[Tap] = (),
-    model: Any = None,
-) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, list[torch.Tensor]]]:
-    """Run one model-ready batch and return the assembled arrays per site.
-
-    Parameters
-    ----------
-    adapter : Adapter
-        The model's adapter.
-    batch : object
-        A model-ready batch (what :meth:`Adapter.preprocess` returns).
-    sites : sequence of AttentionSite
-        The sites to read.
-    capture : sequence of str
-        Variables to assemble.
-    backend : {"hooks", "nnsight"}
-        How modules are read.
-    extra_taps : sequence of Tap
-        Further taps whose raw values are returned too (e.g. the output taps of
-        the rebuild check).
-    model : object, optional
-        The user's model object (an nnsight wrapper is reused as it is).
-
-    Returns
-    -------
-    arrays : dict
-        ``arrays[site.name][var]`` as torch tensors.
-    raw : dict
-        Raw tapped values by :attr:`Tap.key`.
-
-    Examples
-    --------
-    >>> arrays, raw = capture_batch(adapter, batch, adapter.sites(batch))  # doctest: +SKIP
-    """
-    taps: list[Tap] = []
-    for site in sites:
-        for tap in adapter.taps(site, capture):
-            if tap not in taps:
-                taps.append(tap)
-    for tap in extra_taps:
-        if tap not in taps:
-            taps.append(tap)
-    module = adapter.model_module()
-    if backend not in ("hooks", "nnsight"):
-        raise ValueError(f"backend must be 'hooks' or 'nnsight', got {backend!r}")
-    with adapter.forward_context(batch):
-        if backend == "hooks":
-            with _hooks(module, taps) as collected:
-                adapter.run(batch)
-            tapped = dict(collected)
-        else:
-            tapped = _run_nnsight(adapter, batch, taps, model if model is not None else adapter.model)
-    missing = [tap.key for tap in taps if not tapped.get(tap.key)]
-    if missing:
-        raise RuntimeError(
-            f"adapter {adapter.name!r}: the forward pass never reached {missing[:3]}; "
-            "the model's structure differs from what the adapter expects"
-        )
-    arrays = {site.name: adapter.assemble(site, tapped, capture) for site in sites}
-    return arrays, tapped
-
-
-def rebuild_errors(
-    adapter: Adapter,
-    batch: Any,
-    mask: Callable[[int], torch.Tensor] | None = None,
-    backend: Literal["hooks", "nnsight"] = "hooks",
-    model: Any = None,
-) -> dict[str, float]:
-    """The adapter's correctness check: relative error of the attention rebuilt from q, k, v.
-
-    ``softmax(q k^T * scale) v``, computed in float64 from what the adapter records,
-    is compared with what the layer's output projection received
-    (:meth:`Adapter.output_tap`), per site; q/k/v with a timestep axis are compared at
-    every timestep and the worst error is kept.  A correct adapter gives float
-    round-off (about 1e-7).
-
-    Parameters
-    ----------
-    adapter : Adapter
-        An adapter bound to its model.
-    batch : object
-        A model-ready batch.
-    mask : callable, optional
-        ``mask(n)`` gives a boolean ``(n, n)`` mask of the scores to drop (True =
-        masked), for causal models.
-    backend : {"hooks", "nnsight"}
-        How modules are read.
-    model : object, optional
-        The user's model object (an nnsight wrapper is traced as it is).
-
-    Returns
-    -------
-    dict
-        Site name to relative error (Frobenius norm).
-
-    Examples
-    --------
-    >>> import timm, torch
-    >>> from interpret_spectral import resolve_adapter
-    >>> model = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
-    >>> errors = rebuild_errors(resolve_adapter(model), torch.randn(1, 3, 224, 224))
-    >>> max(errors.values()) < 1e-5
-    True
-    """
-    sites = adapter.sites(batch)
-    out_taps = {site.name: adapter.output_tap(site) for site in sites}
-    arrays, raw = capture_batch(adapter, batch, sites, extra_taps=list(out_taps.values()), backend=backend, model=model)
-    errors = {}
-    for site in sites:
-        q, k, v = (arrays[site.name][name].double() for name in ("q", "k", "v"))
-        used = raw[out_taps[site.name].key]
-        if q.ndim == 4:  # no timestep axis: one call
-            q, k, v = q[:, None], k[:, None], v[:, None]
-        if q.shape[1] != len(used) or q.shape[2:] != (site.num_heads, site.num_tokens, site.head_dim):
-            raise ValueError(
-                f"site {site.name!r}: q has shape {tuple(q.shape)} for {len(used)} calls of the output "
-                f"projection and {site.num_heads} heads x {site.num_tokens} tokens x {site.head_dim} channels"
-            )
-        worst = 0.0
-        for step, reference in enumerate(used):
-            scores = q[:, step] @ k[:, step].transpose(-1, -2) * site.scale
-            if mask is not None:
-                scores = scores.masked_fill(mask(site.num_tokens), float("-inf"))
-            rebuilt = (torch.softmax(scores, dim=-1) @ v[:, step]).transpose(1, 2).flatten(2)
-            reference = reference.double().reshape(rebuilt.shape)  # (B, N, H, D) taps flatten to (B, N, H*D)
-            worst = max(worst, float((rebuilt - reference).norm() / reference.norm()))
-        errors[site.name] = worst
-    return errors
-
-
 # -- the public entry point -----------------------------------------------------------
-def _batches(items: Sequence[_Item], size: int) -> Iterator[list[_Item]]:
+def _batches(items: Sequence[InputItem], size: int) -> Iterator[list[InputItem]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
 
@@ -382,12 +135,15 @@ def probe(
     layers: Any = None,
     out: str | os.PathLike[str] | None = None,
     batch_size: int = 8,
-    dtype: Literal["float32", "float16"] = "float32",
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    store_dtype: Literal["float32", "float16"] = "float32",
     backend: Literal["hooks", "nnsight"] = "hooks",
     resume: bool = False,
     progress: bool = True,
     sample_ids: Sequence[str] | None = None,
     metadata: dict[str, Any] | None = None,
+    allow_nonfinite: bool = False,
     **adapter_options: Any,
 ) -> xr.DataTree:
     """Record the attention q, k, v of ``model`` on ``inputs`` into a store.
@@ -400,7 +156,9 @@ def probe(
         with ``adapter=PathAdapter(...)``), optionally wrapped in nnsight.
     inputs : tensor, list of PIL images or paths, or a folder
         A tensor is taken as model-ready (resized and normalised) and passed to the model
-        unchanged; images and paths are preprocessed by the adapter.
+        unchanged, but for its device and dtype; images and paths are read with
+        :func:`~interpret_spectral.capture.inputs.load_image` (16-bit, palette, CMYK,
+        alpha and EXIF orientation handled) and preprocessed by the adapter.
     adapter : str, Adapter or Adapter subclass
         ``"auto"`` picks the adapter that knows ``model``.
     capture : sequence of str
@@ -412,8 +170,14 @@ def probe(
         HDF5 file to write batch by batch (flushed after each); in memory when None.
     batch_size : int
         Samples per forward pass.
-    dtype : {"float32", "float16"}
-        Storage dtype.
+    device : str or torch.device, optional
+        Move the model there first (in place, as ``model.to(device)``).  Inputs always
+        follow the model's device.
+    dtype : {"float32", "float16", "bfloat16"} or torch.dtype, optional
+        Cast the model to this dtype first (in place).  Floating-point inputs are always
+        cast to the model's dtype; a float16 or bfloat16 model works as it is.
+    store_dtype : {"float32", "float16"}
+        Storage dtype of q, k, v and features, whatever the model computed in.
     backend : {"hooks", "nnsight"}
         Read modules by forward hooks or by nnsight tracing; both give the same store.
     resume : bool
@@ -424,8 +188,13 @@ def probe(
         Ids of the samples (default: file stems, ``image-<i>``, or ``<i>`` for tensors).
     metadata : dict, optional
         Extra root attributes (JSON-able).
+    allow_nonfinite : bool
+        By default a NaN or infinity in what a site records (or a value that float16
+        storage would turn infinite) stops the probe with :class:`NonFiniteError`, naming
+        the site and the samples; True records it anyway, with a warning.
     **adapter_options
-        Passed to the adapter, e.g. ``timesteps=[100, 500]`` for diffusion models.
+        Passed to the adapter, e.g. ``timesteps=[100, 500]`` for diffusion models,
+        ``image_size=448, resize="short_side"`` for ViTs.
 
     Returns
     -------
@@ -443,23 +212,26 @@ def probe(
     """
     from tqdm.auto import tqdm
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if store_dtype not in ("float32", "float16"):
+        raise ValueError(f"store_dtype must be 'float32' or 'float16', got {store_dtype!r}")
     if resume and out is None:
         raise ValueError("resume=True needs out= (a file to continue)")
-    torch_model = _unwrap(model)
+    torch_model = unwrap(model)
+    place_model(torch_model, device, dtype)
     bound = resolve_adapter(torch_model, adapter, **adapter_options)
-    items, is_tensor = _list_inputs(inputs, sample_ids)
+    items, is_tensor = list_inputs(inputs, sample_ids)
 
-    def prepare(chunk: list[_Item]) -> tuple[Any, np.ndarray | None]:
+    def prepare(chunk: list[InputItem]) -> tuple[Any, np.ndarray | None]:
         if is_tensor:
-            return torch.cat([item.source for item in chunk]), None
-        images = [_load_image(item.source) for item in chunk]
+            return to_model(bound, torch.cat([item.source for item in chunk])), None
+        images = [load_image(item.source) for item in chunk]
         batch = bound.preprocess(images)
-        return batch, _pixels(images, batch)
+        return to_model(bound, batch), _pixels(images, batch)
 
     first_batch, first_pixels = prepare(items[:1])
-    all_sites = bound.sites(first_batch)
+    all_sites = [check_site(site, f"the {bound.name!r} adapter") for site in bound.sites(first_batch)]
     sites = select_sites(all_sites, layers)
     capture = tuple(capture)
     # One dry capture on the first sample fixes feature widths and extra dims.
@@ -467,11 +239,14 @@ def probe(
     feature_dims = (
         {name: int(arr["features"].shape[-1]) for name, arr in probe_arrays.items()} if "features" in capture else None
     )
+    device_used, dtype_used = model_placement(bound)
     attrs = {
         **bound.describe(),
         "input_shape": list(first_batch.shape[1:]) if isinstance(first_batch, torch.Tensor) else None,
         "capture": ",".join(capture),
         "backend": backend,
+        "compute_dtype": str(dtype_used).replace("torch.", "") if dtype_used is not None else "unknown",
+        "device": str(device_used) if device_used is not None else "unknown",
         **(metadata or {}),
     }
     writer = create_store(
@@ -481,23 +256,32 @@ def probe(
         extra_dims=bound.extra_dims(first_batch),
         feature_dims=feature_dims,
         attrs=attrs,
-        dtype=dtype,
+        dtype=store_dtype,
         pixels_shape=None if first_pixels is None else first_pixels.shape[1:3],
         resume=resume,
     )
     done = set(writer.written)
     todo = [item for item in items if item.sample_id not in done]
+    shape = tuple(first_batch.shape[1:]) if isinstance(first_batch, torch.Tensor) else None
     try:
         bar = tqdm(total=len(todo), disable=not progress, desc="probe", unit="sample")
         with bar:
             for chunk in _batches(todo, batch_size):
+                ids = [item.sample_id for item in chunk]
                 batch, pixels = prepare(chunk)
+                if shape is not None and isinstance(batch, torch.Tensor) and tuple(batch.shape[1:]) != shape:
+                    raise ValueError(
+                        f"samples {ids[:3]} give a model input of shape {tuple(batch.shape[1:])}, the store's first "
+                        f"sample {shape}: one store holds one token grid per site; probe images of another "
+                        "size or aspect ratio into a store of their own (or use the adapter's resize='square')"
+                    )
                 arrays, _ = capture_batch(bound, batch, sites, capture, backend, model=model)
                 numpy_arrays = {
                     name: {var: value.detach().to("cpu", torch.float32).numpy() for var, value in site_arrays.items()}
                     for name, site_arrays in arrays.items()
                 }
-                writer.append([item.sample_id for item in chunk], numpy_arrays, pixels)
+                _check_finite(numpy_arrays, ids, store_dtype, allow_nonfinite)
+                writer.append(ids, numpy_arrays, pixels)
                 bar.update(len(chunk))
     except BaseException:
         writer.abort()

@@ -28,7 +28,7 @@ def register_adapter(name: str) -> Callable[[type[Adapter]], type[Adapter]]:
 
     Examples
     --------
-    >>> from interpret_spectral.sites import register_adapter, Adapter
+    >>> from interpret_spectral.capture import Adapter, Tap, register_adapter
     >>> @register_adapter("doc-example")
     ... class DocAdapter(Adapter):
     ...     @classmethod
@@ -88,7 +88,7 @@ def get_adapter_class(name: str) -> type[Adapter]:
 
 
 _HOW_TO_EXTEND = (
-    "write one: subclass interpret_spectral.sites.Adapter, decorate it with "
+    "write one: subclass interpret_spectral.capture.Adapter, decorate it with "
     "@register_adapter('name'), or pass PathAdapter(q=..., k=..., v=...) for any module "
     "path (see docs/extending.md)"
 )
@@ -102,9 +102,9 @@ def resolve_adapter(model: Any, adapter: str | Adapter | type[Adapter] = "auto",
     model : object
         The model to probe.
     adapter : str, Adapter or Adapter subclass
-        ``"auto"`` picks the first registered adapter whose ``matches(model)`` holds
-        (built-ins are tried most specific first); a name picks that adapter; an
-        instance is used as it is.
+        ``"auto"`` picks the registered adapter whose ``matches(model)`` holds, trying
+        them by :attr:`Adapter.priority` (highest first, then by name); a name picks
+        that adapter; an instance is used as it is.
     **options
         Adapter options such as ``timesteps=`` for diffusion.
 
@@ -126,7 +126,8 @@ def resolve_adapter(model: Any, adapter: str | Adapter | type[Adapter] = "auto",
     if adapter != "auto":
         return get_adapter_class(adapter)(model, **options)
     names = available_adapters()
-    candidates = sorted(_REGISTRY.values(), key=lambda cls: getattr(cls, "priority", 0), reverse=True)
+    candidates = sorted(_REGISTRY.items(), key=lambda item: (-int(item[1].priority), item[0]))
+    candidates = [cls for _, cls in candidates]
     for cls in candidates:
         if cls.matches(model):
             return cls(model, **options)

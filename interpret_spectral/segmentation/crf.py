@@ -12,18 +12,28 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
-__all__ = ["dense_crf"]
+__all__ = ["dense_crf", "image_array"]
 
 
-def _image_array(image: Any) -> np.ndarray:
+def image_array(image: Any) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB as a C-contiguous, writable array of its own.
+
+    ``np.asarray`` of a PIL image is read-only, and pydensecrf's Cython buffers refuse
+    read-only memory ("buffer source array is read-only"): the pixels are always copied.
+
+    Examples
+    --------
+    >>> from PIL import Image
+    >>> image_array(Image.new("RGB", (4, 2))).flags.writeable
+    True
+    """
     arr = np.asarray(image.convert("RGB")) if hasattr(image, "convert") else np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"image must be a PIL image or an (H, W, 3) array, got shape {arr.shape}.")
     if arr.dtype != np.uint8:
         raise TypeError(f"image array must be uint8 RGB (0..255), got dtype {arr.dtype}.")
-    return np.ascontiguousarray(arr)
+    return np.array(arr, dtype=np.uint8, order="C", copy=True)
 
 
 def dense_crf(image: Any, probabilities: Any, max_iter: int = 10, pos_w: float = 3.0,
@@ -34,7 +44,8 @@ def dense_crf(image: Any, probabilities: Any, max_iter: int = 10, pos_w: float =
     Parameters
     ----------
     image : PIL.Image.Image or numpy.ndarray
-        The RGB image, (H, W, 3) uint8.
+        The RGB image, (H, W, 3) uint8 (read-only arrays, such as
+        ``np.asarray(pil_image)``, are fine: the pixels are copied).
     probabilities : array_like
         (C, h, w) non-negative per-pixel class probabilities summing to 1 over C
         (e.g. a softmax).  When ``(h, w) != (H, W)`` they are upsampled bilinearly
@@ -66,7 +77,7 @@ def dense_crf(image: Any, probabilities: Any, max_iter: int = 10, pos_w: float =
     except ImportError as err:
         raise ImportError("dense_crf needs pydensecrf2: pip install 'interpret-spectral[crf]' "
                           "(or pip install pydensecrf2).") from err
-    rgb = _image_array(image)
+    rgb = image_array(image)
     height, width = rgb.shape[:2]
     probs = np.asarray(probabilities, dtype=np.float32)
     if probs.ndim != 3 or probs.shape[0] < 2:
@@ -78,6 +89,8 @@ def dense_crf(image: Any, probabilities: Any, max_iter: int = 10, pos_w: float =
     if int(max_iter) < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}.")
     if probs.shape[1:] != (height, width):
+        import torch
+
         probs = torch.nn.functional.interpolate(
             torch.from_numpy(probs)[None], size=(height, width), mode="bilinear",
             align_corners=False)[0].numpy()

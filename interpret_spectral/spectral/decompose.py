@@ -1,21 +1,21 @@
 """Per-sample layer-distributed spectral decomposition of a store: :func:`decompose`.
 
-For every sample of a store, the graphs of the chosen sites (``DESIGN.md``,
-"Spectral analysis"; :mod:`interpret_spectral.graphs`) define
+For every sample of a store, the graphs of the chosen sites (of a graph kind,
+:mod:`interpret_spectral.spectral.kinds`) define
 
 .. math::
 
     M = \\sum_g \\hat w_g (N / n_g) G_g^T \\mathrm{sym}(P_g) G_g
 
-on the output grid, and the decomposition is the top ``n_components``
-eigenvectors of ``M`` (:mod:`interpret_spectral.solvers`: ``"exact"``, or the paper's
-gradient solver ``"adam"``).  Samples are read from the store one at a time, so an
-on-disk store is never loaded whole.
+on the output grid (:mod:`interpret_spectral.spectral.operator`), and the
+decomposition is the top ``n_components`` eigenvectors of ``M``, computed by a solver
+(:mod:`interpret_spectral.spectral.solvers`: ``"exact"``, or the paper's gradient
+solver ``"adam"``).  Samples are read from the store one at a time, so an on-disk
+store is never loaded whole.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import time
@@ -26,110 +26,26 @@ import numpy as np
 import torch
 import xarray as xr
 
-from interpret_spectral.spectral.graphs import GRAPHS, HEAD_MODES, RESAMPLE_METHODS, LayerDistributedOperator, SiteGraphs
-from interpret_spectral.spectral.solvers import SOLVERS, solve
-from interpret_spectral.store.reader import open_store, patch_tokens, sample_ids, site_names
-from interpret_spectral.store.format import validate_store
+from interpret_spectral.spectral.kinds import GraphKind, get_graph_kind
+from interpret_spectral.spectral.limits import check_memory, check_upsampling
+from interpret_spectral.spectral.operator import LayerDistributedOperator
+from interpret_spectral.spectral.resample import as_grid, check_resample_method
+from interpret_spectral.spectral.site_graphs import HEAD_MODES, NonFiniteError, SiteGraphs
+from interpret_spectral.spectral.solvers import Solver, get_solver
+from interpret_spectral.store.decomposition import DECOMPOSITION_FORMAT, make_decomposition, validate_decomposition
+from interpret_spectral.store.reader import patch_tokens, sample_ids
+from interpret_spectral.store.selection import (
+    as_store, select_layers, select_samples, select_timesteps, site_grid, site_heads,
+)
 
-__all__ = [
-    "DECOMPOSITION_FORMAT",
-    "decompose",
-    "site_contributions",
-    "select_layers",
-    "sample_operator",
-]
-
-#: ``format`` attribute of the datasets :func:`decompose` returns.
-DECOMPOSITION_FORMAT = "interpret_spectral.decomposition"
+__all__ = ["DECOMPOSITION_FORMAT", "decompose", "site_contributions", "sample_operator"]
 
 _OBJECTIVE = (
     "max tr(X^T M X) s.t. X^T X = I, M = sum_g w_g (N/n_g) G_g^T sym(P_g) G_g, "
     "w normalised to sum 1, G_g the resampling from the output grid (N tokens) to the site grid (n_g tokens)"
 )
 _PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _open(store: xr.DataTree | str | os.PathLike[str]) -> xr.DataTree:
-    if isinstance(store, (str, os.PathLike)):
-        return open_store(store)
-    if not isinstance(store, xr.DataTree):
-        raise TypeError(f"store must be an xarray.DataTree or a path to a store file, got {type(store).__name__}")
-    validate_store(store)
-    return store
-
-
-def select_layers(store: xr.DataTree, layers: Any = None) -> list[str]:
-    """Names of the store's sites picked by forward index, name or glob pattern.
-
-    Parameters
-    ----------
-    store : xarray.DataTree
-        A store.
-    layers : None, int, str or sequence of int / str
-        ``None`` keeps every site; ints index the forward order (negative from the
-        end); strings are site names or glob patterns such as ``"blocks.1*"``.
-
-    Returns
-    -------
-    list of str
-        The chosen site names, in forward order.
-
-    Examples
-    --------
-    >>> from interpret_spectral.synthetic import planted_store
-    >>> select_layers(planted_store(n_samples=1, grids=((4, 4), (2, 2))), -1)
-    ['blocks.1.attn']
-    """
-    names = site_names(store)
-    if layers is None:
-        return names
-    if isinstance(layers, (int, np.integer, str)):
-        layers = [layers]
-    if not isinstance(layers, Sequence) or len(layers) == 0:
-        raise ValueError(f"layers must be None, an int, a string or a non-empty sequence of them, got {layers!r}")
-    chosen: set[str] = set()
-    for selector in layers:
-        if isinstance(selector, (int, np.integer)) and not isinstance(selector, bool):
-            if not -len(names) <= selector < len(names):
-                raise IndexError(f"layer index {selector} is out of range for the store's {len(names)} sites")
-            chosen.add(names[selector])
-        elif isinstance(selector, str):
-            matched = [name for name in names if fnmatch.fnmatchcase(name, selector)]
-            if not matched:
-                raise KeyError(f"no site of the store matches {selector!r}; its sites are: {', '.join(names)}")
-            chosen.update(matched)
-        else:
-            raise TypeError(f"layers must hold ints or strings, got {type(selector).__name__}")
-    return [name for name in names if name in chosen]
-
-
-def _grid_of(store: xr.DataTree, name: str) -> tuple[int, int]:
-    attrs = store[name].attrs
-    return int(attrs["grid_h"]), int(attrs["grid_w"])
-
-
-def _timesteps(store: xr.DataTree, names: Sequence[str], timesteps: Any) -> tuple[list[int] | None, list[Any] | None]:
-    """Positions and coordinate values of the chosen timesteps (None, None without a timestep dim)."""
-    with_dim = ["timestep" in store[name].dims for name in names]
-    if not any(with_dim):
-        if timesteps is not None:
-            raise ValueError("the store has no timestep dimension; pass timesteps=None")
-        return None, None
-    if not all(with_dim):
-        raise ValueError("some chosen sites have a timestep dimension and others do not; choose sites of one kind")
-    coordinate = store["timestep"].values if "timestep" in store.coords else np.arange(store.sizes["timestep"])
-    values = list(coordinate.tolist())
-    if timesteps is None:
-        return list(range(len(values))), values
-    wanted = [timesteps] if np.isscalar(timesteps) else list(timesteps)
-    if not wanted:
-        raise ValueError("timesteps must not be empty; pass None for every recorded timestep")
-    positions = []
-    for value in wanted:
-        if value not in values:
-            raise KeyError(f"timestep {value!r} is not in the store; it recorded {values}")
-        positions.append(values.index(value))
-    return positions, [values[p] for p in positions]
+_CHUNK_BYTES = 32 * 2**20
 
 
 def _site_weights(weights: Any, names: Sequence[str]) -> dict[str, Any]:
@@ -150,11 +66,21 @@ def _site_weights(weights: Any, names: Sequence[str]) -> dict[str, Any]:
     return {name: float(w) for name, w in zip(names, array)}
 
 
+def _output_grid(store: xr.DataTree, names: Sequence[str], grid: Any) -> tuple[int, int]:
+    """The output grid (default: the finest chosen site's), refused when absurdly finer than the sites."""
+    grids = [site_grid(store, name) for name in names]
+    if grid is None:
+        return max(grids, key=lambda g: g[0] * g[1])
+    out = as_grid(grid, "grid")
+    check_upsampling(out, (max(g[0] for g in grids), max(g[1] for g in grids)))
+    return out
+
+
 def sample_operator(
     store: xr.DataTree,
     sample: int,
     *,
-    graph: str = "qk",
+    graph: str | GraphKind = "qk",
     layers: Any = None,
     heads: str = "each",
     timesteps: Any = None,
@@ -173,6 +99,11 @@ def sample_operator(
     -------
     LayerDistributedOperator
 
+    Raises
+    ------
+    NonFiniteError
+        When a site's tokens for this sample hold NaN or infinity (naming both).
+
     Examples
     --------
     >>> from interpret_spectral.synthetic import planted_store
@@ -180,72 +111,49 @@ def sample_operator(
     >>> op.out_grid, op.num_graphs
     ((8, 8), 4)
     """
+    kind = get_graph_kind(graph)
     names = select_layers(store, layers)
-    positions, _ = _timesteps(store, names, timesteps)
+    positions, _ = select_timesteps(store, names, timesteps)
     out_grid = _output_grid(store, names, grid)
     site_weights = _site_weights(weights, names)
-    variables = ("q", "k") if graph == "qk" else ("v",)
+    sample_id = sample_ids(store)[sample]
     graphs = []
     for name in names:
         node = store[name]
-        missing = [var for var in variables if var not in node.data_vars]
+        missing = [var for var in kind.variables if var not in node.data_vars]
         if missing:
             raise KeyError(
-                f"site {name!r} holds no {missing}; the {graph!r} graph needs {list(variables)} "
+                f"site {name!r} holds no {missing}; the {kind.name!r} graph needs {list(kind.variables)} "
                 f"(probe with capture=('q', 'k', 'v'))"
             )
-        arrays = {var: patch_tokens(store, name, var, samples=sample, timesteps=positions) for var in variables}
+        arrays = {var: patch_tokens(store, name, var, samples=sample, timesteps=positions) for var in kind.variables}
+        for var, array in arrays.items():
+            if not np.isfinite(array).all():
+                raise NonFiniteError(
+                    f"{var} of site {name!r} holds NaN or infinity for sample {sample_id!r}: the model produced "
+                    "non-finite attention for it; re-probe it (check the input and the precision), leave the "
+                    "sample out (samples=) or the site (layers=)"
+                )
         steps = [None] if positions is None else list(range(len(positions)))
         for index, step in enumerate(steps):
             tokens = {var: (value if step is None else value[index]) for var, value in arrays.items()}
             graphs.append(
                 SiteGraphs.from_tokens(
-                    graph, grid=_grid_of(store, name), scale=float(node.attrs["scale"]), heads=heads,
-                    weights=site_weights[name], name=name, timestep=step, dtype=dtype, device=device, **tokens,
+                    kind, grid=site_grid(store, name), scale=float(node.attrs["scale"]), heads=heads,
+                    weights=site_weights[name], name=name, timestep=step, dtype=dtype, device=device, tokens=tokens,
                 )
             )
     return LayerDistributedOperator(graphs, out_grid, resample)
 
 
-def _output_grid(store: xr.DataTree, names: Sequence[str], grid: Any) -> tuple[int, int]:
-    if grid is not None:
-        if isinstance(grid, (int, np.integer)) and not isinstance(grid, bool):
-            grid = (int(grid), int(grid))
-        try:
-            h, w = (int(v) for v in grid)
-        except (TypeError, ValueError):
-            raise TypeError(f"grid must be an int or a (height, width) pair, got {grid!r}") from None
-        if h < 1 or w < 1:
-            raise ValueError(f"grid must be positive, got {(h, w)}")
-        return h, w
-    grids = [_grid_of(store, name) for name in names]
-    return max(grids, key=lambda g: g[0] * g[1])
-
-
-def _check_choices(graph: str, solver: str, heads: str, resample: str) -> None:
-    for what, value, allowed in (("graph", graph, GRAPHS), ("solver", solver, SOLVERS),
-                                 ("heads", heads, HEAD_MODES), ("resample", resample, RESAMPLE_METHODS)):
-        if value not in allowed:
-            raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
-
-
-def _sample_positions(store: xr.DataTree, samples: Any) -> list[int]:
-    ids = sample_ids(store)
-    if samples is None:
-        return list(range(len(ids)))
-    if isinstance(samples, (str, int, np.integer)):
-        samples = [samples]
-    positions = []
-    for item in samples:
-        if isinstance(item, str):
-            if item not in ids:
-                raise KeyError(f"sample {item!r} is not in the store (it holds {len(ids)} samples, e.g. {ids[:3]})")
-            positions.append(ids.index(item))
-        elif isinstance(item, (int, np.integer)) and -len(ids) <= item < len(ids):
-            positions.append(int(item) % len(ids))
-        else:
-            raise IndexError(f"sample {item!r} is neither an id nor a position of the store's {len(ids)} samples")
-    return positions
+def _sample_bytes(store: xr.DataTree, names: Sequence[str], kind: GraphKind, itemsize: int) -> int:
+    """Bytes of one sample's tokens of the chosen sites, from the arrays' real shapes (not attributes)."""
+    total = 0
+    for name in names:
+        for var in kind.variables:
+            shape = store[name][var].shape[1:]
+            total += int(np.prod(shape, dtype=np.float64)) * (4 + itemsize)
+    return total + _CHUNK_BYTES
 
 
 def _json(value: Any) -> str:
@@ -254,9 +162,9 @@ def _json(value: Any) -> str:
 
 def decompose(
     store: xr.DataTree | str | os.PathLike[str],
-    graph: str = "qk",
+    graph: str | GraphKind = "qk",
     n_components: int = 10,
-    solver: str = "exact",
+    solver: str | Solver = "exact",
     layers: Any = None,
     heads: str = "each",
     timesteps: Any = None,
@@ -275,12 +183,16 @@ def decompose(
     ----------
     store : xarray.DataTree or path-like
         A store (see :func:`interpret_spectral.probe`), or the path of its file.
-    graph : {"qk", "vv"}
-        Q-K attention graphs (the "where" pathway) or V-V cosine graphs ("what").
+    graph : str or GraphKind
+        ``"qk"``: Q-K attention graphs (the "where" pathway); ``"vv"``: V-V cosine
+        graphs ("what"); any name of :func:`~interpret_spectral.spectral.available_graph_kinds`,
+        or a :class:`~interpret_spectral.spectral.GraphKind` (or a factory of one).
     n_components : int
         Number of eigenvectors.
-    solver : {"exact", "adam"}
-        Top eigenvectors of ``M`` computed exactly, or the paper's Eq. 4 by Adam.
+    solver : str or Solver
+        ``"exact"``: top eigenvectors of ``M``; ``"adam"``: the paper's Eq. 4 by Adam;
+        any name of :func:`~interpret_spectral.spectral.available_solvers`, or a
+        :class:`~interpret_spectral.spectral.Solver` (or a factory of one).
     layers : None, int, str or sequence
         Sites to use, by forward index, name or glob (see :func:`select_layers`).
     heads : {"each", "concat"}
@@ -305,11 +217,11 @@ def decompose(
     samples : id, position or sequence of them, optional
         Decompose only these samples (default all).
     **solver_options
-        Options of the solver (:func:`interpret_spectral.solvers.solve_exact`:
+        Options of the solver (:func:`~interpret_spectral.spectral.solvers.solve_exact`:
         ``method``, ``tol``, ``maxiter``, ``dense_threshold``, ``max_dense_bytes``;
-        :func:`interpret_spectral.solvers.solve_adam`: ``steps``, ``lr``,
+        :func:`~interpret_spectral.spectral.adam.solve_adam`: ``steps``, ``lr``,
         ``parametrization``, ``ortho_weight``, ``accumulate``, ``init``,
-        ``cache_bytes``, ``exact_options``), and ``precision``: the dtype in which
+        ``orthogonalize``, ``cache_bytes``, ``exact_options``), and ``precision``: the dtype in which
         attention rows are computed, ``"float32"`` (default: the store's own
         precision; ``M`` is still summed and solved in float64, and on DINOv2-S/14 at
         448 px its top-10 subspace is 3e-7 rad from the float64 one) or ``"float64"``.
@@ -317,14 +229,24 @@ def decompose(
     Returns
     -------
     xarray.Dataset
+        In the one decomposition format (:func:`~interpret_spectral.store.decomposition.make_decomposition`,
+        ``producer="decompose"``).
         ``vectors (sample, y, x, component)``: orthonormal columns over the tokens of
-        the output grid, the top eigenvectors of ``M`` (or their best approximation in
-        the span of the Adam solution), sign-fixed; ``values (sample, component)``:
+        the output grid, the top eigenvectors of ``M`` (``"adam"``: Eq. 8 of its
+        solution, orthogonal columns; see its ``orthogonalize`` option), sign-fixed; ``values (sample, component)``:
         their Rayleigh quotients under ``M``, descending; ``objective (sample)``
         (``tr X^T M X``), ``loss (sample)`` (final Eq. 4 loss, NaN for ``"exact"``),
         ``iterations (sample)``, ``seconds (sample)`` (graph construction and solve;
         not the read from the store).  Attributes record every choice (JSON text for
         lists and mappings).
+
+    Raises
+    ------
+    ValueError
+        Unknown choices; a grid more than 16x finer than the finest chosen site;
+        non-finite attention (naming the site and the sample).
+    MemoryError
+        When the estimated memory exceeds what the machine has, before allocating.
 
     Examples
     --------
@@ -337,24 +259,35 @@ def decompose(
     """
     from tqdm.auto import tqdm
 
-    tree = _open(store)
-    _check_choices(graph, solver, heads, resample)
+    tree = as_store(store)
+    kind = get_graph_kind(graph)
+    solver_obj = get_solver(solver)
+    if heads not in HEAD_MODES:
+        raise ValueError(f"heads must be one of {HEAD_MODES}, got {heads!r}")
+    check_resample_method(resample)
     names = select_layers(tree, layers)
-    _, timestep_values = _timesteps(tree, names, timesteps)
+    _, timestep_values = select_timesteps(tree, names, timesteps)
     out_grid = _output_grid(tree, names, grid)
     options = dict(solver_options)
     precision = options.pop("precision", "float32")
     if precision not in _PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(_PRECISIONS)}, got {precision!r}")
-    positions = _sample_positions(tree, samples)
+    if not isinstance(n_components, (int, np.integer)) or isinstance(n_components, bool) or n_components < 1:
+        raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
+    positions = select_samples(tree, samples)
     all_ids = sample_ids(tree)
     ids = [all_ids[p] for p in positions]
     n = len(positions)
     h, w = out_grid
-    if not isinstance(n_components, (int, np.integer)) or isinstance(n_components, bool) or n_components < 1:
-        raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
-    vectors = np.zeros((n, h, w, int(n_components)))
-    values = np.zeros((n, int(n_components)))
+    size, c = h * w, int(n_components)
+    itemsize = torch.finfo(_PRECISIONS[precision]).bits // 8
+    estimate = (8 * n * size * c + solver_obj.memory_bytes(size, c, **options)
+                + 8 * size * size * 0 + _sample_bytes(tree, names, kind, itemsize))
+    check_memory(estimate, f"decompose ({n} samples, output grid {out_grid}, {c} components, solver "
+                 f"{solver_obj.name!r})", "pass a coarser grid=, fewer samples= or layers=, or solver options "
+                 "that need less memory (method='lobpcg' never forms M)")
+    vectors = np.zeros((n, h, w, c))
+    values = np.zeros((n, c))
     columns = {key: np.zeros(n) for key in ("objective", "loss", "seconds")}
     iterations = np.zeros(n, dtype=np.int64)
     resolved: dict[str, Any] = {}
@@ -362,14 +295,16 @@ def decompose(
     n_graphs = 0
     for row, position in enumerate(tqdm(positions, desc="decompose", unit="sample", disable=not progress)):
         operator = sample_operator(
-            tree, position, graph=graph, layers=names, heads=heads, timesteps=timestep_values,
+            tree, position, graph=kind, layers=names, heads=heads, timesteps=timestep_values,
             resample=resample, grid=out_grid, weights=weights, dtype=_PRECISIONS[precision], device=device,
         )
         start = time.perf_counter()
         try:
-            solution = solve(operator, int(n_components), solver, seed=seed, **options)
+            solution = solver_obj.solve(operator, c, seed=seed, **options)
         except TypeError as error:
-            raise TypeError(f"{error}; see the docstring of decompose for the options of solver={solver!r}") from error
+            raise TypeError(
+                f"{error}; see the docstring of decompose for the options of solver={solver_obj.name!r}"
+            ) from error
         seconds = time.perf_counter() - start
         vectors[row] = solution.vectors.reshape(h, w, -1)
         values[row] = solution.values
@@ -382,16 +317,15 @@ def decompose(
         n_graphs = operator.num_graphs
     root = tree.attrs
     attrs = {
-        "format": DECOMPOSITION_FORMAT,
-        "graph": graph,
-        "solver": solver,
+        "graph": kind.name,
+        "solver": solver_obj.name,
         "method": ",".join(sorted(methods)),
         "layers": _json(names),
         "heads": heads,
         "timesteps": _json(timestep_values),
         "resample": resample,
         "grid": np.asarray(out_grid, dtype=np.int64),
-        "n_components": int(n_components),
+        "n_components": c,
         "n_graphs": int(n_graphs),
         "seed": int(seed),
         "precision": precision,
@@ -401,23 +335,9 @@ def decompose(
         "store_model": str(root.get("model", "")),
         "store_adapter": str(root.get("adapter", "")),
     }
-    return xr.Dataset(
-        {
-            "vectors": (("sample", "y", "x", "component"), vectors),
-            "values": (("sample", "component"), values),
-            "objective": ("sample", columns["objective"]),
-            "loss": ("sample", columns["loss"]),
-            "iterations": ("sample", iterations),
-            "seconds": ("sample", columns["seconds"]),
-        },
-        coords={
-            "sample": np.asarray(ids, dtype=str),
-            "component": np.arange(int(n_components)),
-            "y": np.arange(h),
-            "x": np.arange(w),
-        },
-        attrs=attrs,
-    )
+    per_sample = {"objective": columns["objective"], "loss": columns["loss"], "iterations": iterations,
+                  "seconds": columns["seconds"]}
+    return make_decomposition(vectors, values, ids, producer="decompose", attrs=attrs, per_sample=per_sample)
 
 
 def site_contributions(
@@ -440,7 +360,7 @@ def site_contributions(
     store : xarray.DataTree or path-like
         The store the decomposition came from.
     decomposition : xarray.Dataset
-        A result of :func:`decompose`.
+        A result of :func:`decompose` (its graph kind must be registered).
     layers : None, int, str or sequence
         Sites to score (see :func:`select_layers`).
     progress : bool
@@ -465,12 +385,17 @@ def site_contributions(
     """
     from tqdm.auto import tqdm
 
-    if decomposition.attrs.get("format") != DECOMPOSITION_FORMAT:
-        raise ValueError("decomposition must be a result of interpret_spectral.decompose (its 'format' attribute differs)")
-    tree = _open(store)
+    validate_decomposition(decomposition)
+    if decomposition.attrs.get("producer") != "decompose":
+        raise ValueError(
+            "decomposition must be a result of interpret_spectral.decompose (its producer is "
+            f"{decomposition.attrs.get('producer')!r}): contributions need its per-image graphs"
+        )
+    tree = as_store(store)
     names = select_layers(tree, layers)
     attrs = decomposition.attrs
-    graph, heads, resample = attrs["graph"], attrs["heads"], attrs["resample"]
+    kind = get_graph_kind(attrs["graph"])
+    heads, resample = attrs["heads"], attrs["resample"]
     timestep_values = json.loads(attrs["timesteps"])
     used = set(json.loads(attrs["layers"]))
     out_grid = tuple(int(v) for v in np.asarray(attrs["grid"]).ravel())
@@ -478,18 +403,22 @@ def site_contributions(
     missing = [sid for sid in decomposition["sample"].values.tolist() if sid not in ids]
     if missing:
         raise KeyError(f"samples {missing[:3]} of the decomposition are not in the store; pass the store it came from")
-    width = max(1 if heads == "concat" else int(tree[name].attrs["num_heads"]) for name in names)
+    width = max(1 if heads == "concat" else site_heads(tree, name) for name in names)
     n_steps = 1 if timestep_values is None else len(timestep_values)
     n_samples = decomposition.sizes["sample"]
     n_components = decomposition.sizes["component"]
+    check_memory(8 * n_samples * len(names) * n_steps * width * n_components,
+                 f"site_contributions ({n_samples} samples x {len(names)} sites x {width} heads)",
+                 "pass fewer sites (layers=) or a decomposition of fewer samples")
     out = np.full((n_samples, len(names), n_steps, width, n_components), np.nan)
     for row, sid in enumerate(tqdm(decomposition["sample"].values.tolist(), desc="contributions",
                                    unit="sample", disable=not progress)):
         operator = sample_operator(
-            tree, ids.index(sid), graph=graph, layers=names, heads=heads, timesteps=timestep_values,
+            tree, ids.index(sid), graph=kind, layers=names, heads=heads, timesteps=timestep_values,
             resample=resample, grid=out_grid, device=device, dtype=_PRECISIONS[attrs.get("precision", "float32")],
         )
         x = decomposition["vectors"].isel(sample=row).values.reshape(-1, n_components)
+        x = x / np.maximum(np.linalg.norm(x, axis=0), np.finfo(np.float64).tiny)  # unit columns (Eq. 8 rotated)
         for site_graphs, quotients in zip(operator.graphs, operator.rayleigh_quotients(x)):
             step = 0 if site_graphs.timestep is None else site_graphs.timestep
             out[row, names.index(site_graphs.name), step, : site_graphs.num_graphs] = quotients.cpu().numpy()
@@ -511,5 +440,5 @@ def site_contributions(
             "used": ("site", np.asarray([name in used for name in names])),
         },
         coords=coords,
-        attrs={"graph": graph, "heads": heads, "resample": resample},
+        attrs={"graph": kind.name, "heads": heads, "resample": resample},
     )

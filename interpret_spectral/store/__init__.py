@@ -6,11 +6,18 @@ Examples
 >>> store = open_store("activations.h5")  # doctest: +SKIP
 """
 
-from interpret_spectral.store.format import FORMAT, FORMAT_VERSION, StoreError, validate_store
-from interpret_spectral.store.reader import open_store, patch_tokens, sample_ids, site_names
+from interpret_spectral.store import accessor as _accessor  # registers store.spectral
+from interpret_spectral.store.format import (
+    FORMAT, FORMAT_VERSION, StoreError, StoreIntegrityError, StoreLockedError, validate_store,
+)
+from interpret_spectral.store.reader import (
+    open_store, patch_tokens, require_complete, sample_ids, site_names, verify_store,
+)
 from interpret_spectral.store.writer import StoreWriter, create_store
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "StoreError", "validate_store", "open_store", "patch_tokens",
-    "sample_ids", "site_names", "StoreWriter", "create_store",
+    "FORMAT", "FORMAT_VERSION", "StoreError", "StoreIntegrityError", "StoreLockedError", "validate_store",
+    "open_store", "patch_tokens", "require_complete", "sample_ids", "site_names", "verify_store",
+    "StoreWriter", "create_store",
 ]
+del _accessor

@@ -1,5 +1,9 @@
 """Reading stores: open lazily, and the one reading API (sites, samples, patch tokens).
 
+Every array of an opened store is read through a checked wrapper: a checksum that
+fails (a flipped byte on disk) raises :class:`~interpret_spectral.store.format.StoreIntegrityError`
+naming the variable, the site and the samples, never a raw ``OSError`` or changed values.
+
 Examples
 --------
 >>> from interpret_spectral.store import open_store, site_names  # doctest: +SKIP
@@ -17,21 +21,91 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from xarray.backends import BackendArray
+from xarray.core import indexing
 
-from interpret_spectral.store.format import StoreError, validate_store
+from interpret_spectral.store.files import inspect_file, is_checksum_error, open_error, sample_span
+from interpret_spectral.store.format import StoreError, StoreIntegrityError, validate_store
 
-__all__ = ["open_store", "site_names", "sample_ids", "patch_tokens"]
+__all__ = ["open_store", "require_complete", "site_names", "sample_ids", "patch_tokens", "verify_store"]
+
+_VERIFY_ROWS = 64  # samples read at once by verify_store()
+
+
+class _CheckedArray(BackendArray):
+    """A lazily read array whose failed checksums become StoreIntegrityError naming what and where."""
+
+    def __init__(self, variable: xr.Variable, name: str, group: str, source: str, ids: list[str]) -> None:
+        self.variable = variable
+        self.shape = variable.shape
+        self.dtype = variable.dtype
+        self.name, self.group, self.source, self.ids = name, group, source, ids
+        self.per_sample = variable.dims[:1] == ("sample",)
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.OUTER, self._read)
+
+    def _read(self, key: tuple[Any, ...]) -> np.ndarray:
+        try:
+            return np.asarray(self.variable[key].values)
+        except OSError as error:
+            if not is_checksum_error(error):
+                raise
+            where = f"site {self.group!r}" if self.group else "the root"
+            span = sample_span(key, self.ids) if self.per_sample else "its data"
+            raise StoreIntegrityError(
+                f"{self.source} is damaged: checksum error reading {self.name!r} of {where}, {span}; "
+                "restore the file, or rerun the probe for these samples into a new store"
+            ) from error
+
+
+def _checked_tree(tree: xr.DataTree, source: str, ids: list[str]) -> xr.DataTree:
+    nodes: dict[str, xr.Dataset] = {}
+    for node in tree.subtree:
+        ds = node.to_dataset(inherit=False)
+        group = node.path.strip("/")
+        replaced = {}
+        for name, variable in ds.variables.items():
+            if name in ds.indexes:
+                continue
+            wrapped = indexing.LazilyIndexedArray(_CheckedArray(variable, str(name), group, source, ids))
+            replaced[name] = xr.Variable(variable.dims, wrapped, variable.attrs, variable.encoding)
+        nodes[node.path] = ds.assign_coords({k: v for k, v in replaced.items() if k in ds.coords}).assign(
+            {k: v for k, v in replaced.items() if k not in ds.coords}
+        )
+    return xr.DataTree.from_dict(nodes)
+
+
+def _completeness(tree: xr.DataTree, requested: int | None, finished: bool | None) -> None:
+    """Record in memory whether the store holds every sample it was asked for (attrs of the opened tree)."""
+    n = int(tree.sizes.get("sample", 0))
+    if requested is not None:
+        complete = n >= requested
+    else:
+        complete = True if finished is None else finished
+    tree.attrs["samples_written"] = n
+    tree.attrs["complete"] = int(complete)
 
 
 def open_store(path: str | os.PathLike[str]) -> xr.DataTree:
     """Open a store file lazily and check that it is one.
 
-    Rows written by a batch that crashed before naming its samples are left out.
+    Before anything is read, the file is checked with h5py: every per-sample array
+    must store the rows it declares (an edited dimension is refused before it is
+    allocated), the sample ids must match their CRC-32, and every dimension, grid,
+    head count and scale is checked against the data (:func:`validate_store`).  Rows
+    written by a batch that crashed before naming its samples are left out.
+
+    The opened tree tells whether it is complete: ``attrs["samples_requested"]`` (when
+    the writer knew it), ``attrs["samples_written"]`` and ``attrs["complete"]`` (1 or
+    0); see :func:`require_complete`.
 
     Parameters
     ----------
     path : path-like
-        An HDF5 file written by :func:`create_store` or :func:`interpret_spectral.probe`.
+        An HDF5 file written by :func:`create_store` or :func:`interpret_spectral.probe`, or
+        the folder of a sharded store (:mod:`interpret_spectral.store.shards`: opened as one
+        Dask-backed tree).
 
     Returns
     -------
@@ -39,8 +113,17 @@ def open_store(path: str | os.PathLike[str]) -> xr.DataTree:
 
     Raises
     ------
+    FileNotFoundError
+        Nothing at ``path``.
     StoreError
-        When the file is truncated, is not a store, or has an unsupported version.
+        ``path`` is a folder without a sharded store's ``manifest.json``.
+    StoreLockedError
+        Another process has the file open for writing (it is intact).
+    StoreError
+        The file is empty, truncated, not a store, of an unsupported version, or
+        declares dimensions or attributes its data contradicts.
+    KeyboardInterrupt
+        Ctrl-C while opening is an interruption, never reported as damage.
 
     Examples
     --------
@@ -48,31 +131,135 @@ def open_store(path: str | os.PathLike[str]) -> xr.DataTree:
     >>> list(store.children)  # doctest: +SKIP
     ['blocks.0.attn', 'blocks.1.attn', ...]
     """
-    path = Path(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"open_store() takes the path of a store file, got {type(path).__name__}")
+    path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"no store at {path}")
+    if path.is_dir():  # a sharded store (store/shards.py); a folder without manifest.json is refused there
+        from interpret_spectral.store.shards import open_sharded_store
+
+        return open_sharded_store(path, open_store)
+    if path.stat().st_size == 0:
+        raise StoreError(f"{path} is empty (0 bytes); it is not a store: rerun the probe")
+    facts = inspect_file(path)
     try:
         tree = xr.open_datatree(path, engine="h5netcdf", phony_dims="sort")
-    except Exception as error:  # h5py raises OSError / ValueError of several kinds
-        raise StoreError(
-            f"{path} cannot be read as HDF5 ({type(error).__name__}: {error}); the file is truncated or "
-            "not a store: rerun the probe (resume=True keeps the complete batches of an interrupted run "
-            "only while the file itself is intact)"
-        ) from error
-    try:
-        validate_store(tree, source=str(path))
-    except StoreError:
-        tree.close()
+    except KeyboardInterrupt:
         raise
-    names = tree["sample"].values
-    named = np.array([bool(n) for n in names])
-    if not named.all():
-        # Named rows are a prefix: ids are written last in every batch.
-        whole = tree
-        tree = whole.isel(sample=slice(0, int(named.sum())))
-        tree.set_close(whole.close)
+    except Exception as error:  # h5py raises OSError / ValueError of several kinds
+        raise open_error(path, error) from error
+    whole = tree
+    try:
+        named = len(facts.ids)
+        if int(tree.sizes.get("sample", named)) != named:
+            # Named rows are a prefix: ids are written last in every batch.
+            tree = tree.isel(sample=slice(0, named))
+        checked = _checked_tree(tree, str(path), facts.ids)
+        validate_store(checked, source=str(path))
+    except BaseException:
+        whole.close()
+        raise
+    checked.set_close(whole.close)
+    _completeness(checked, facts.samples_requested, facts.writing_finished)
+    return checked
+
+
+def require_complete(tree: xr.DataTree, allow_incomplete: bool = False) -> xr.DataTree:
+    """Refuse a store that holds fewer samples than it was asked for, saying how to resume.
+
+    Parameters
+    ----------
+    tree : xarray.DataTree
+        A store from :func:`open_store` or :func:`interpret_spectral.probe`.
+    allow_incomplete : bool
+        Return the store even when it is incomplete.
+
+    Returns
+    -------
+    xarray.DataTree
+        ``tree`` itself.
+
+    Raises
+    ------
+    StoreError
+        The store is incomplete and ``allow_incomplete`` is false.
+
+    Examples
+    --------
+    >>> from interpret_spectral.synthetic import planted_store
+    >>> store = planted_store(n_samples=1)
+    >>> require_complete(store) is store
+    True
+    >>> store.attrs["samples_requested"] = 3
+    >>> require_complete(store)  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    StoreError: the store holds 1 of 3 samples; resume with probe(..., resume=True) ...
+    """
+    if allow_incomplete:
+        return tree
+    n = int(tree.sizes.get("sample", 0))
+    requested = tree.attrs.get("samples_requested")
+    requested = int(np.asarray(requested).reshape(())) if requested is not None else None
+    complete = tree.attrs.get("complete", 1)
+    source = tree.encoding.get("source", "the store") if hasattr(tree, "encoding") else "the store"
+    if requested is not None and n < requested:
+        raise StoreError(
+            f"{source} holds {n} of {requested} samples; resume with probe(..., resume=True) (the same "
+            "inputs and out=) to finish it, or pass allow_incomplete=True to use the samples it holds"
+        )
+    if requested is None and not int(complete):
+        raise StoreError(
+            f"{source} was not finished (its writer never closed; {n} samples); resume with "
+            "probe(..., resume=True) to finish it, or pass allow_incomplete=True to use the samples it holds"
+        )
     return tree
 
+
+def verify_store(path: str | os.PathLike[str], progress: bool = False) -> int:
+    """Read every array of a store back and check every checksum; return the samples verified.
+
+    Parameters
+    ----------
+    path : path-like
+        A store file.
+    progress : bool
+        Show a progress bar over sites.
+
+    Raises
+    ------
+    StoreIntegrityError
+        An array whose data fails its checksum, naming the variable, site and samples.
+
+    Examples
+    --------
+    >>> from interpret_spectral.synthetic import planted_store
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "s.h5")
+    >>> planted_store(n_samples=2, path=path).close()
+    >>> verify_store(path)
+    2
+    """
+    from tqdm.auto import tqdm
+
+    tree = open_store(path)
+    try:
+        for node in tqdm(list(tree.subtree), disable=not progress, desc="verify", unit="group"):
+            for variable in node.to_dataset(inherit=False).variables.values():
+                if variable.dims[:1] != ("sample",):
+                    variable.values
+                    continue
+                n = int(variable.shape[0])
+                for start in range(0, n, _VERIFY_ROWS):
+                    try:
+                        variable[start:start + _VERIFY_ROWS].values
+                    except StoreIntegrityError:
+                        for row in range(start, min(start + _VERIFY_ROWS, n)):  # name the first damaged sample
+                            variable[row:row + 1].values
+                        raise
+        return int(tree.sizes["sample"])
+    finally:
+        tree.close()
 
 
 def site_names(tree: xr.DataTree) -> list[str]:
@@ -134,6 +321,8 @@ def patch_tokens(
     >>> q.shape  # doctest: +SKIP
     (6, 1024, 64)
     """
+    if site not in tree.children:
+        raise KeyError(f"the store has no site {site!r}; it holds {site_names(tree)[:6]}")
     node = tree[site]
     if var not in node.data_vars:
         raise KeyError(f"site {site!r} has no variable {var!r}; it holds {sorted(node.data_vars)}")

@@ -16,7 +16,9 @@ import pytest
 import xarray as xr
 from sklearn.metrics import adjusted_rand_score
 
-from interpret_spectral.segmentation.kmeans import kmeans_features, maskcut, ncut, ncut_eigenvectors, segment, tokencut, upsample_labels
+from interpret_spectral.segmentation import kmeans_features, maskcut, ncut, ncut_eigenvectors, segment, tokencut, upsample_labels
+from interpret_spectral.segmentation.choose_k import choose_k
+from interpret_spectral.store.decomposition import make_decomposition
 from interpret_spectral.capture.contract import AttentionSite
 from interpret_spectral.store.writer import create_store
 
@@ -47,21 +49,17 @@ def planted_decomposition(
         rows = centres.T[groups.reshape(-1)] + noise * rng.normal(size=(height * width, n_components))
         columns, _ = np.linalg.qr(rows)  # orthonormal columns over tokens, as decompose() returns
         vectors[s] = columns.reshape(height, width, n_components)
-    dataset = xr.Dataset(
-        {
-            "vectors": (("sample", "y", "x", "component"), vectors.astype(np.float32)),
-            "values": (("sample", "component"), np.tile(np.linspace(1, 0.5, n_components), (n_samples, 1))),
-        },
-        coords={"sample": [f"s{i}" for i in range(n_samples)], "y": np.arange(height), "x": np.arange(width),
-                "component": np.arange(n_components)},
-        attrs={"graph": "qk", "solver": "exact"},
+    dataset = make_decomposition(
+        vectors.astype(np.float32), np.tile(np.linspace(1, 0.5, n_components), (n_samples, 1)),
+        [f"s{i}" for i in range(n_samples)], producer="test", attrs={"graph": "qk", "solver": "exact"},
     )
     return dataset, groups
 
 
-def test_segment_recovers_planted_groups_and_chooses_k() -> None:
+@pytest.mark.parametrize("k_method", ["consensus", "silhouette"])
+def test_segment_recovers_planted_groups_and_chooses_k(k_method: str) -> None:
     dataset, groups = planted_decomposition()
-    labels = segment(dataset)
+    labels = segment(dataset, k_method=k_method)
     assert labels.dims == ("sample", "y", "x")
     assert labels.shape == (2, *groups.shape)
     assert labels.dtype == np.int32
@@ -69,12 +67,54 @@ def test_segment_recovers_planted_groups_and_chooses_k() -> None:
     assert labels["k"].dims == ("sample",)
     assert labels["k"].values.tolist() == [4, 4]
     assert (labels["silhouette"].values > 0.3).all()
+    assert labels["k_score"].dims == ("sample",) and np.isfinite(labels["k_score"].values).all()
     for s in range(2):
         assert adjusted_rand_score(groups.reshape(-1), labels.values[s].reshape(-1)) >= 0.95
-    assert labels.attrs["k_selection"] == "silhouette"
+    assert labels.attrs["k_selection"] == k_method and labels.attrs["refine"] == "none"
     assert list(labels.attrs["k_range"]) == list(range(2, 11))
     # ids follow first appearance in row-major order: the top-left token is 0
     assert (labels.values[:, 0, 0] == 0).all()
+
+
+def _four_groups_and_a_far_pair() -> np.ndarray:
+    """Four groups of 36 tokens at the corners of a unit square, and two tokens far from them."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=float)
+    groups = np.repeat(centres, 36, axis=0) + 0.1 * rng.normal(size=(144, 2))
+    return np.concatenate([groups, [[3.0, 3.0], [3.02, 3.0]]])
+
+
+def test_consensus_never_keeps_a_degenerate_cluster_where_silhouette_does() -> None:
+    rows = _four_groups_and_a_far_pair()
+    paper = choose_k(rows, range(2, 8), "silhouette")
+    assert paper.k == 5 and np.bincount(paper.labels).min() == 2  # the far pair as a cluster of its own
+    default = choose_k(rows, range(2, 8), "consensus")
+    assert default.k == 4 and np.bincount(default.labels).min() >= 36
+    assert default.centres.shape == (4, 2)
+    # through segment(), on a (sample, y, x, component) DataArray
+    vectors = xr.DataArray(rows.reshape(1, 2, 73, 2), dims=("sample", "y", "x", "component"))
+    labels = segment(vectors, k_range=range(2, 8))
+    assert labels["k"].values.tolist() == [4] and labels.attrs["k_selection"] == "consensus"
+    assert np.bincount(labels.values.reshape(-1)).min() >= 36
+    assert segment(vectors, k_range=range(2, 8), k_method="silhouette")["k"].values.tolist() == [5]
+
+
+def test_consensus_chooses_the_same_k_for_every_seed() -> None:
+    dataset, groups = planted_decomposition(noise=0.1, seed=5)
+    chosen = {tuple(segment(dataset, seed=seed)["k"].values.tolist()) for seed in range(3)}
+    assert chosen == {(4, 4)}
+
+
+def test_every_k_degenerate_falls_back_to_the_largest_smallest_cluster() -> None:
+    rows = np.concatenate([np.zeros((20, 1)), [[10.0], [20.0], [30.0]]])  # three lone far tokens
+    choice = choose_k(rows, range(2, 5), "consensus")
+    sizes = np.bincount(choice.labels)
+    # every K leaves a cluster under 3 tokens; K = 2 ({0 x 20, 10}, {20, 30}) has the largest smallest one
+    assert choice.k == 2 and sizes.tolist() == [21, 2]
+    with pytest.raises(ValueError, match="k_method"):
+        choose_k(rows, range(2, 5), "elbow")
+    with pytest.raises(ValueError, match="no K in k_range"):
+        choose_k(np.zeros((5, 2)), range(2, 5))
 
 
 def test_segment_identical_seeds_identical_results_and_options() -> None:
@@ -97,6 +137,16 @@ def test_segment_rejects_bad_input() -> None:
     dataset, _ = planted_decomposition()
     with pytest.raises(ValueError, match="no 'vectors'"):
         segment(dataset[["values"]])
+    with pytest.raises(ValueError, match="format"):
+        segment(xr.Dataset({"vectors": dataset["vectors"], "values": dataset["values"]}))
+    with pytest.raises(ValueError, match="NaN"):
+        segment(dataset["vectors"].where(dataset["vectors"] > 0))
+    with pytest.raises(ValueError, match="k_method"):
+        segment(dataset, k_method="elbow")
+    with pytest.raises(ValueError, match="refine"):
+        segment(dataset, refine="smooth")
+    with pytest.raises(ValueError, match="image="):
+        segment(dataset, k=4, refine="crf")
     with pytest.raises(ValueError, match="dims"):
         segment(dataset["vectors"].rename(component="channel"))
     with pytest.raises(ValueError, match="k must be"):

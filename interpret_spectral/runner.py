@@ -1,0 +1,535 @@
+"""The Dask runner: the ``analyze`` job over many images, a shard of images per task.
+
+:func:`run_analyze` splits the images into shards and runs the pipeline's per-image
+job on each shard as one ``dask.distributed`` task: probe -> decompose (every graph
+kind) -> segment -> site contributions -> write.  ``workers=N`` starts a
+:class:`~distributed.LocalCluster` (worker processes with one thread and one torch
+thread each); ``scheduler=ADDRESS`` joins a cluster started elsewhere (dask-jobqueue,
+Kubernetes, dask-cuda: see ``docs/scaling.md``); ``client=`` uses one you hold.  The
+model is loaded once per worker process (a cached loader), never per task.
+
+The run folder ``out``::
+
+    run.json                      the plan: images, sample ids, shard size, keep, settings
+    store/                        keep="store": a sharded store (open_store(out / "store"))
+      manifest.json, shard-00000.h5, ...
+    shards/shard-00000/           per shard: vectors_<g>.nc, labels_<g>.nc, contributions_<g>.nc,
+                                  summary.json (renamed in when complete)
+    vectors_<g>.nc labels_<g>.nc contributions_<g>.nc summary.json    every shard joined
+
+A shard is written beside its final name (``.partial-<pid>``) and renamed in only
+when complete, the store shard first and its results folder last, so a worker killed
+mid-shard leaves nothing that looks complete: Dask reruns the task elsewhere and no
+sample is lost or written twice.  ``resume=True`` redoes only the shards that are
+not complete.  With ``keep="vectors"`` q/k/v stay in the worker's memory and are
+never written: only eigenvectors, eigenvalues, labels and contributions are kept.
+
+Examples
+--------
+>>> summary = run_analyze(["photos/"], "out/photos", workers=2, image_size=224)  # doctest: +SKIP
+>>> summary["images_per_second"]  # doctest: +SKIP
+1.3
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from interpret_spectral.pipeline import (
+    AnalyzeSettings,
+    GraphResult,
+    _top_sites,
+    _Timer,
+    analyze_samples,
+    concat_results,
+    image_files,
+    summarize,
+    write_results,
+)
+from interpret_spectral.store.atomic import partial_name, remove_path, replace_dir, replacing_file
+from interpret_spectral.store.shards import (
+    create_sharded_store,
+    plan_shards,
+    remove_stale_partials,
+    seal_sharded_store,
+    shard_complete,
+    shard_path,
+)
+
+__all__ = ["KEEP", "SchedulerUnreachableError", "WorkerSetupError", "ShardJob", "run_analyze", "shard_done"]
+
+logger = logging.getLogger(__name__)
+
+KEEP = ("store", "vectors")
+_PLAN = "run.json"
+_RUN_FILES = ("summary.json",)
+_MODELS: dict[str, Any] = {}  # per worker process: the model, loaded once
+
+
+class SchedulerUnreachableError(ConnectionError):
+    """The Dask scheduler at the address given does not answer."""
+
+
+class WorkerSetupError(RuntimeError):
+    """A Dask worker could not load the model (or import what the job needs)."""
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One task: the images of a shard and where its results go (picklable, sent to a worker)."""
+
+    index: int
+    files: list[str]
+    ids: list[str]
+    out: str
+    keep: str
+    model: Any
+    model_key: str
+    weights: str | None
+    settings: AnalyzeSettings
+    probe_options: dict[str, Any] = field(default_factory=dict)
+    model_name: str | None = None
+    layers: Any = None
+    batch_size: int = 4
+    torch_threads: int = 1
+
+
+# -- on the workers -----------------------------------------------------------------------------
+def _load_model(model: Any, key: str, weights: str | None, device: str | None, torch_threads: int) -> Any:
+    """The worker's model, loaded on first use and cached in the worker process."""
+    import torch
+
+    if torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
+    if key not in _MODELS:
+        if isinstance(model, str):
+            from interpret_spectral.models.loaders import load_model
+
+            _MODELS[key] = load_model(model, weights, device=device)
+        else:
+            loaded = model()
+            _MODELS[key] = loaded.to(device) if device is not None and hasattr(loaded, "to") else loaded
+    return _MODELS[key]
+
+
+def _warm_worker(model: Any, key: str, weights: str | None, device: str | None, torch_threads: int) -> int:
+    """Load the model on one worker (``client.run``); returns the worker's process id."""
+    _load_model(model, key, weights, device, torch_threads)
+    return os.getpid()
+
+
+def _shard_folder(out: Path, index: int) -> Path:
+    return out / "shards" / f"shard-{index:05d}"
+
+
+def _write_shard_results(folder: Path, results: dict[str, GraphResult], summary: dict[str, Any]) -> None:
+    from interpret_spectral.store.results import save_netcdf
+
+    staging = partial_name(folder)
+    remove_path(staging)
+    staging.mkdir(parents=True)
+    try:
+        write_results(staging, results)
+        for name, result in results.items():
+            save_netcdf(result.contributions, staging / f"contributions_{name}.nc")
+        (staging / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        replace_dir(staging, folder)
+    finally:
+        remove_path(staging)
+
+
+def _run_shard(job: ShardJob) -> dict[str, Any]:
+    """The task: probe -> the pipeline's per-image job -> write the shard (on a worker)."""
+    from interpret_spectral.capture.engine import probe
+
+    started = time.perf_counter()
+    device = job.settings.device
+    model = _load_model(job.model, job.model_key, job.weights, device, job.torch_threads)
+    out = Path(job.out)
+    timer = _Timer()
+    options = dict(job.probe_options)
+    metadata = {"model_name": job.model_name} if job.model_name else None
+
+    def analyze_store(store: Any) -> tuple[dict[str, GraphResult], dict[str, Any]]:
+        results = analyze_samples(store, job.settings, progress=False, timer=timer)
+        return results, summarize(store, job.settings, results, model_name=job.model_name, layers=job.layers)
+
+    step = time.perf_counter()
+    if job.keep == "store":
+        with replacing_file(shard_path(out / "store", job.index)) as tmp:
+            store = probe(model, job.files, out=tmp, layers=job.layers, batch_size=job.batch_size, progress=False,
+                          sample_ids=job.ids, metadata=metadata, **options)
+            timer.add("probe", step)
+            try:
+                results, summary = analyze_store(store)
+            finally:
+                store.close()
+    else:
+        store = probe(model, job.files, layers=job.layers, batch_size=job.batch_size, progress=False,
+                      sample_ids=job.ids, metadata=metadata, **options)
+        timer.add("probe", step)
+        results, summary = analyze_store(store)
+        del store
+    summary["seconds"] = timer.seconds
+    _write_shard_results(_shard_folder(out, job.index), results, summary)
+    return {"index": job.index, "samples": list(job.ids), "pid": os.getpid(),
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+# -- on the client ------------------------------------------------------------------------------
+def shard_done(out: str | os.PathLike[str], index: int, samples: Sequence[str], keep: str) -> bool:
+    """Whether shard ``index`` of the run in ``out`` is complete (its results, and its store shard).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> shard_done(tempfile.mkdtemp(), 0, ["a"], "vectors")
+    False
+    """
+    out = Path(out)
+    if not (_shard_folder(out, index) / "summary.json").is_file():
+        return False
+    if keep == "vectors":
+        return True
+    return shard_complete(out / "store", {"name": shard_path(out / "store", index).name, "samples": list(samples)})
+
+
+def _connect(workers: int | None, scheduler: str | None, client: Any, connect_timeout: float) -> tuple[Any, Any, bool]:
+    """(client, cluster or None, whether we own the client)."""
+    try:
+        from distributed import Client, LocalCluster
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError("the Dask runner needs dask.distributed: pip install 'interpret-spectral[scale]'") from error
+    given = sum(x is not None for x in (workers, scheduler, client))
+    if given != 1:
+        raise ValueError("give exactly one of workers=N (a local cluster), scheduler=ADDRESS or client=")
+    if client is not None:
+        return client, None, False
+    if scheduler is not None:
+        try:
+            return Client(scheduler, timeout=f"{connect_timeout}s"), None, True
+        except (OSError, TimeoutError) as error:
+            raise SchedulerUnreachableError(
+                f"cannot reach the Dask scheduler at {scheduler} within {connect_timeout:g} s ({type(error).__name__}); "
+                "start one (`dask scheduler`, dask-jobqueue, ...) and give its address, e.g. tcp://host:8786"
+            ) from None
+    if isinstance(workers, bool) or int(workers) < 1:  # type: ignore[arg-type]
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None,
+                           memory_limit=0, env=threads)
+    return Client(cluster), cluster, True
+
+
+def _dashboard(client: Any) -> str:
+    """``; dashboard <link>`` when the cluster serves one (its address), else nothing."""
+    try:
+        link = client.dashboard_link
+    except Exception:  # no dashboard (bokeh absent or disabled)
+        return ""
+    return f"; dashboard {link}" if link else ""
+
+
+def _check_plan(out: Path, plan: dict[str, Any], resume: bool, overwrite: bool) -> None:
+    """Refuse to mix runs: a finished or other run in ``out`` without overwrite / resume."""
+    if resume and overwrite:
+        raise ValueError("overwrite and resume exclude each other")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output folder {out} is a file; give a folder name")
+    existing = out / _PLAN
+    if overwrite:
+        for name in (_PLAN, "store", "shards", *_RUN_FILES):
+            remove_path(out / name)
+        for path in out.glob("*.nc") if out.is_dir() else []:
+            if path.name.startswith(("vectors_", "labels_", "contributions_")):
+                remove_path(path)
+        return
+    if existing.is_file():
+        if not resume:
+            raise FileExistsError(f"{out} already holds a run ({_PLAN}); pass resume=True (--resume) to continue "
+                                  "it or overwrite=True (--overwrite) to replace it")
+        old = json.loads(existing.read_text())
+        for key in ("ids", "shard_size", "keep"):
+            if old.get(key) != plan.get(key):
+                raise ValueError(f"{out} holds a run with another {key} ({str(old.get(key))[:60]}); resume with the "
+                                 "same images, shard size and keep, or write to a new folder")
+    elif (out / "store.h5").exists():
+        raise FileExistsError(f"{out} holds a single-process run (store.h5); give another folder or pass overwrite=True")
+
+
+def _settings_json(settings: AnalyzeSettings) -> dict[str, Any]:
+    return {"graphs": settings.graph_names, "n_components": int(settings.n_components),
+            "solver": str(getattr(settings.solver, "name", settings.solver)), "heads": settings.heads,
+            "seed": int(settings.seed), "k": settings.k, "k_range": None if settings.k_range is None else
+            [int(k) for k in settings.k_range], "k_method": settings.k_method, "crf": bool(settings.crf)}
+
+
+def _read_shard(out: Path, index: int, settings: AnalyzeSettings) -> tuple[dict[str, GraphResult], dict[str, Any]]:
+    import xarray as xr
+
+    from interpret_spectral.store.results import open_decomposition, open_labels
+
+    folder = _shard_folder(out, index)
+    results = {}
+    for kind in settings.kinds:
+        name = kind.name
+        with xr.open_dataarray(folder / f"contributions_{name}.nc", engine="h5netcdf") as opened:
+            contributions = opened.load()
+        results[name] = GraphResult(kind, open_decomposition(folder / f"vectors_{name}.nc"),
+                                    open_labels(folder / f"labels_{name}.nc"), contributions)
+    return results, json.loads((folder / "summary.json").read_text())
+
+
+def _merge_summaries(parts: list[dict[str, Any]], joined: dict[str, GraphResult]) -> dict[str, Any]:
+    """One summary from the shards' summaries (samples, eigenvalues, K and scores of every shard)."""
+    summary = json.loads(json.dumps(parts[0]))
+    summary["samples"] = [sid for part in parts for sid in part["samples"]]
+    seconds: dict[str, float] = {}
+    for part in parts:
+        for step, value in part.get("seconds", {}).items():
+            seconds[step] = round(seconds.get(step, 0.0) + float(value), 3)
+    summary["worker_seconds"] = seconds
+    summary.pop("seconds", None)
+    for name, entry in summary["graphs"].items():
+        for key in ("values", "k", "k_score", "silhouette"):
+            if key in entry:
+                entry[key] = {sid: v for part in parts for sid, v in part["graphs"][name].get(key, {}).items()}
+        entry["sites_most_in_agreement"] = _top_sites(joined[name].contributions)
+        entry["contributions"] = f"contributions_{name}.nc"
+    return summary
+
+
+def run_analyze(
+    images: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    model: str | Callable[[], Any] = "dinov2-s14-imgfocus",
+    weights: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    shard_size: int = 8,
+    keep: str = "store",
+    graphs: Sequence[Any] = ("qk", "vv"),
+    n_components: int = 10,
+    solver: Any = "exact",
+    k: int | None = None,
+    k_range: Sequence[int] | None = None,
+    k_method: str | None = None,
+    heads: str = "each",
+    layers: Any = None,
+    seed: int = 0,
+    batch_size: int = 4,
+    device: str | None = None,
+    store_dtype: str | None = None,
+    image_size: int | None = None,
+    probe_options: dict[str, Any] | None = None,
+    limit: int | None = None,
+    model_name: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    retries: int = 2,
+    progress: bool = True,
+    connect_timeout: float = 10.0,
+) -> dict[str, Any]:
+    """Run the ``analyze`` job on a Dask cluster, one task per shard of images.
+
+    Parameters
+    ----------
+    images : path-like or sequence of path-like
+        Image files and/or folders of images.
+    out : path-like
+        The run folder (layout in the module's docstring).
+    model : str or callable
+        A model spec of :func:`interpret_spectral.models.load_model` (``"dinov2-s14-imgfocus"``,
+        ``"timm:NAME"``, ``"hf:NAME"``), or a picklable function of no argument that
+        returns the model; either way it runs once per worker process.
+    weights : path-like, optional
+        Local weights for a spec (``load_model(weights=)``), as seen from the workers.
+    workers : int, optional
+        Start a ``LocalCluster`` with this many worker processes (one thread each).
+    scheduler : str, optional
+        Address of a running Dask scheduler to join (``tcp://host:8786``).
+    client : distributed.Client, optional
+        A client you hold (not closed here).
+    shard_size : int
+        Images per task and per shard file.
+    keep : {"store", "vectors"}
+        ``"store"`` writes q/k/v as a sharded store in ``out/store``; ``"vectors"``
+        keeps q/k/v in memory only and writes just the results.
+    graphs, n_components, solver, k, k_range, k_method, heads, seed
+        As :func:`interpret_spectral.pipeline.analyze`.
+    layers : optional
+        Sites to record and use.
+    batch_size : int
+        Images per forward pass within a shard.
+    device : str, optional
+        Device of every worker's model and decomposition (``"cuda"`` on dask-cuda workers).
+    store_dtype : {"float32", "float16"}, optional
+        Dtype the store records.
+    image_size : int, optional
+        Input size given to the adapter (``probe(image_size=)``).
+    probe_options : dict, optional
+        Further adapter options for ``probe()``.
+    limit : int, optional
+        Use the first ``limit`` images.
+    model_name : str, optional
+        The model's name for the summary.
+    resume : bool
+        Continue the run in ``out``: only shards that are not complete are run.
+    overwrite : bool
+        Remove an earlier run's outputs in ``out`` first.
+    retries : int
+        Times a shard that raised is retried (a dead worker's shard is always rerun).
+    progress : bool
+        A progress bar over shards.
+    connect_timeout : float
+        Seconds to wait for ``scheduler``.
+
+    Returns
+    -------
+    dict
+        The summary (also in ``out/summary.json``): every sample, per graph eigenvalues,
+        K and scores per sample, the sites most in agreement, worker seconds per step,
+        wall seconds and images per second.
+
+    Raises
+    ------
+    SchedulerUnreachableError
+        ``scheduler`` does not answer.
+    WorkerSetupError
+        A worker could not load the model.
+    FileExistsError
+        ``out`` holds a run and neither ``resume`` nor ``overwrite``.
+
+    Examples
+    --------
+    >>> run_analyze("photos/", "out/run", workers=2, keep="vectors", image_size=224)  # doctest: +SKIP
+    """
+    from interpret_spectral.capture.inputs import list_inputs
+
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
+    if isinstance(shard_size, bool) or int(shard_size) < 1:
+        raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
+    if not isinstance(model, str) and not callable(model):
+        raise TypeError(f"model must be a load_model() spec or a function that returns the model, got {type(model).__name__}")
+    if isinstance(model, str):
+        from interpret_spectral.models.loaders import parse_model_spec
+
+        parse_model_spec(model)
+    settings = AnalyzeSettings(graphs=tuple(graphs), n_components=n_components, solver=solver, heads=heads, seed=seed,
+                               k=k, k_range=k_range, k_method=k_method, device=device)
+    paths = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    files = image_files(paths, limit)
+    ids = [item.sample_id for item in list_inputs(files)[0]]
+    out = Path(out).expanduser()
+    options = dict(probe_options or {})
+    if image_size is not None:
+        options["image_size"] = int(image_size)
+    if device is not None:
+        options["device"] = device
+    if store_dtype is not None:
+        options["store_dtype"] = store_dtype
+    shards = plan_shards(ids, shard_size)
+    plan = {"files": [str(f) for f in files], "ids": ids, "shard_size": int(shard_size), "keep": keep,
+            "model": model if isinstance(model, str) else getattr(model, "__name__", "a loader function"),
+            "settings": _settings_json(settings), "probe_options": {k: str(v) for k, v in options.items()}}
+    _check_plan(out, plan, resume, overwrite)
+
+    from dask.base import tokenize
+
+    key = model if isinstance(model, str) else tokenize(model)
+    client_, cluster, owned = _connect(workers, scheduler, client, connect_timeout)
+    started = time.perf_counter()
+    try:
+        try:
+            pids = client_.run(_warm_worker, model, key, None if weights is None else str(weights), device, 1)
+        except Exception as error:  # the worker's own exception, re-raised here
+            raise WorkerSetupError(
+                f"a Dask worker could not load the model {model if isinstance(model, str) else key}: "
+                f"{type(error).__name__}: {' '.join(str(error).split())}"
+            ) from None
+        logger.info("%d Dask worker(s) ready (processes %s)%s", len(pids), sorted(pids.values()), _dashboard(client_))
+        out.mkdir(parents=True, exist_ok=True)
+        with replacing_file(out / _PLAN) as tmp:
+            tmp.write_text(json.dumps(plan, indent=1) + "\n")
+        if keep == "store":
+            create_sharded_store(out / "store", ids, shard_size, resume=True,
+                                 metadata={"run": str(out), "model": plan["model"]})
+        todo = [i for i, s in enumerate(shards) if not shard_done(out, i, s["samples"], keep)]
+        logger.info("%d shard(s) of %d image(s) to run, %d already complete", len(todo), len(ids),
+                    len(shards) - len(todo))
+        jobs = [
+            ShardJob(index=i, files=[str(f) for f in files[shards[i]["start"]:shards[i]["stop"]]],
+                     ids=shards[i]["samples"], out=str(out), keep=keep, model=model, model_key=key,
+                     weights=None if weights is None else str(weights), settings=settings, probe_options=options,
+                     model_name=model_name, layers=layers, batch_size=int(batch_size))
+            for i in todo
+        ]
+        _run_jobs(client_, jobs, retries, progress)
+    finally:
+        if owned:
+            client_.close()
+        if cluster is not None:
+            cluster.close()
+    return _finish(out, shards, settings, keep, time.perf_counter() - started, len(todo))
+
+
+def _run_jobs(client: Any, jobs: list[ShardJob], retries: int, progress: bool) -> None:
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    futures = {client.submit(_run_shard, job, retries=int(retries), pure=False, key=f"shard-{job.index}-{os.getpid()}-"
+                             f"{time.time_ns()}"): job for job in jobs}
+    with tqdm(total=len(futures), desc="shards", unit="shard", disable=not progress) as bar:
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                future.result()
+            except Exception as error:
+                for other in futures:
+                    other.cancel()
+                raise RuntimeError(
+                    f"shard {job.index} ({job.ids[0]}..{job.ids[-1]}) failed: {type(error).__name__}: "
+                    f"{' '.join(str(error).split())}"
+                ) from error
+            bar.update(1)
+
+
+def _finish(out: Path, shards: list[dict[str, Any]], settings: AnalyzeSettings, keep: str, wall: float,
+            ran: int) -> dict[str, Any]:
+    """Join every shard's results and summary; seal the store; write the run's files."""
+    from interpret_spectral.store.results import save_netcdf
+
+    missing = [i for i, s in enumerate(shards) if not shard_done(out, i, s["samples"], keep)]
+    if missing:
+        raise RuntimeError(f"shards {missing[:5]} of {out} are not complete after the run; rerun with resume=True")
+    parts = [_read_shard(out, i, settings) for i in range(len(shards))]
+    joined = concat_results([results for results, _ in parts])
+    summary = _merge_summaries([part for _, part in parts], joined)
+    if keep == "store":
+        manifest = seal_sharded_store(out / "store")
+        if not manifest["complete"]:
+            raise RuntimeError(f"the sharded store {out / 'store'} is not complete; rerun with resume=True")
+        remove_stale_partials(out / "store")
+        summary["store"] = "store"
+    else:
+        summary["store"] = None
+    remove_stale_partials(out / "shards")
+    write_results(out, joined)
+    for name, result in joined.items():
+        save_netcdf(result.contributions, out / f"contributions_{name}.nc")
+    n = len(summary["samples"])
+    summary.update({"keep": keep, "shards": len(shards), "shards_run": ran, "wall_seconds": round(wall, 3),
+                    "images_per_second": round(n / wall, 4) if ran == len(shards) and wall > 0 else None})
+    with replacing_file(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,511 @@
+"""Sharded stores: a folder of single-file stores, one per range of samples, opened as one.
+
+A sharded store is a folder holding ``manifest.json`` and shard files
+``shard-00000.h5``, ``shard-00001.h5``, ...  Every shard is a complete store of its
+own (the single-file format, checksums and crash safety included) holding one range
+of the samples.  The manifest lists the shards, their sample ids, the model /
+adapter / layout fingerprint every shard must share and, written last (by atomic
+replace), whether the store is ``complete``.
+
+Any number of writers may write shards at once, each its own file, with no lock:
+the plan is written first (:func:`create_sharded_store`), each writer writes one
+shard (``probe(..., out=shard_path(folder, i))``), and :func:`seal_sharded_store`
+checks every shard and records which are complete.  :func:`missing_shards` says which
+shards a resumed run must redo.  ``open_store(folder)`` opens the shards lazily as
+ONE :class:`xarray.DataTree` with one ``sample`` dimension, Dask-backed (one chunk per
+sample), so ``decompose`` and ``decompose_dataset`` see one store.
+
+Examples
+--------
+>>> import tempfile
+>>> from pathlib import Path
+>>> folder = Path(tempfile.mkdtemp()) / "store"
+>>> manifest = create_sharded_store(folder, ["a", "b", "c"], shard_size=2)
+>>> [(s["name"], s["samples"]) for s in manifest["shards"]]
+[('shard-00000.h5', ['a', 'b']), ('shard-00001.h5', ['c'])]
+>>> missing_shards(folder)
+[0, 1]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from interpret_spectral.store.atomic import pid_alive, remove_path, replacing_file
+from interpret_spectral.store.files import inspect_file
+from interpret_spectral.store.format import FORMAT, StoreError
+
+__all__ = [
+    "NotAShardedStoreError",
+    "MANIFEST",
+    "SHARDED_FORMAT",
+    "is_sharded_store",
+    "shard_name",
+    "shard_path",
+    "plan_shards",
+    "create_sharded_store",
+    "read_manifest",
+    "store_fingerprint",
+    "shard_complete",
+    "missing_shards",
+    "seal_sharded_store",
+    "open_sharded_store",
+    "remove_stale_partials",
+]
+
+MANIFEST = "manifest.json"
+SHARDED_FORMAT = "interpret_spectral.sharded_store"
+SHARDED_VERSION = 1
+
+
+class NotAShardedStoreError(StoreError, IsADirectoryError):
+    """A folder given as a store that has no sharded store's manifest."""
+
+
+def is_sharded_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder with a sharded store's manifest.
+
+    Examples
+    --------
+    >>> is_sharded_store("/no/such/folder")
+    False
+    """
+    return (Path(path) / MANIFEST).is_file()
+
+
+def shard_name(index: int) -> str:
+    """The file name of shard ``index``.
+
+    Examples
+    --------
+    >>> shard_name(3)
+    'shard-00003.h5'
+    """
+    if int(index) < 0:
+        raise ValueError(f"a shard index is >= 0, got {index}")
+    return f"shard-{int(index):05d}.h5"
+
+
+def shard_path(folder: str | os.PathLike[str], index: int) -> Path:
+    """Where shard ``index`` of the store in ``folder`` is written.
+
+    Examples
+    --------
+    >>> shard_path("store", 1).as_posix()
+    'store/shard-00001.h5'
+    """
+    return Path(folder) / shard_name(index)
+
+
+def plan_shards(sample_ids: Sequence[str], shard_size: int) -> list[dict[str, Any]]:
+    """Split sample ids into consecutive shards of at most ``shard_size`` samples.
+
+    Parameters
+    ----------
+    sample_ids : sequence of str
+        Every sample id of the store, in order (unique).
+    shard_size : int
+        Samples per shard.
+
+    Returns
+    -------
+    list of dict
+        Per shard: ``name``, ``start``, ``stop`` (positions in the whole store) and ``samples``.
+
+    Examples
+    --------
+    >>> [(s["start"], s["stop"]) for s in plan_shards(["a", "b", "c", "d", "e"], 2)]
+    [(0, 2), (2, 4), (4, 5)]
+    """
+    ids = [str(s) for s in sample_ids]
+    if isinstance(shard_size, bool) or int(shard_size) < 1:
+        raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
+    if not ids:
+        raise ValueError("a sharded store needs at least one sample id")
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        twice = next(s for s in ids if s in seen or seen.add(s))  # type: ignore[func-returns-value]
+        raise ValueError(f"sample id {twice!r} is given twice; sample ids must be unique")
+    size = int(shard_size)
+    return [
+        {"name": shard_name(i), "start": start, "stop": min(start + size, len(ids)), "samples": ids[start:start + size]}
+        for i, start in enumerate(range(0, len(ids), size))
+    ]
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    with replacing_file(folder / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a sharded store's ``manifest.json``.
+
+    Raises
+    ------
+    NotAShardedStoreError
+        The folder has no manifest (it is not a sharded store).
+    StoreError
+        The manifest is not one this package wrote.
+
+    Examples
+    --------
+    >>> read_manifest("/tmp")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    NotAShardedStoreError: /tmp is a folder without manifest.json ...
+    """
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise NotAShardedStoreError(
+            f"{folder} is a folder without {MANIFEST}, so not a sharded store; give a store file (.h5) or a "
+            "folder written by the runner or create_sharded_store()"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise StoreError(f"{path} is not readable JSON ({error}); restore it or rerun the job that wrote {folder}") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != SHARDED_FORMAT:
+        raise StoreError(f"{path} is not a sharded-store manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    if int(manifest.get("format_version", -1)) > SHARDED_VERSION:
+        raise StoreError(f"{path} has format_version {manifest['format_version']}; this version reads up to "
+                         f"{SHARDED_VERSION}: upgrade interpret_spectral")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not shards or not all(isinstance(s, dict) and "name" in s and "samples" in s
+                                                               for s in shards):
+        raise StoreError(f"{path} lists no shards; rerun the job that wrote {folder}")
+    return manifest
+
+
+def create_sharded_store(
+    folder: str | os.PathLike[str],
+    sample_ids: Sequence[str],
+    shard_size: int,
+    *,
+    resume: bool = False,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the plan of a sharded store (its manifest, not complete) into ``folder``.
+
+    Parameters
+    ----------
+    folder : path-like
+        The store's folder (created; it must not hold another store unless ``resume``).
+    sample_ids : sequence of str
+        Every sample id, in order.
+    shard_size : int
+        Samples per shard.
+    resume : bool
+        Keep an existing manifest with the same plan (its complete shards stay).
+    metadata : dict, optional
+        JSON-able facts recorded in the manifest (e.g. the run's settings).
+
+    Returns
+    -------
+    dict
+        The manifest.
+
+    Raises
+    ------
+    FileExistsError
+        ``folder`` already holds a sharded store (and not ``resume``), or other files.
+    StoreError
+        ``resume`` with a store of a different plan.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp() + "/s"
+    >>> create_sharded_store(folder, ["a"], 4)["complete"]
+    False
+    """
+    folder = Path(folder).expanduser()
+    shards = plan_shards(sample_ids, shard_size)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file; a sharded store is a folder: choose another name")
+    if is_sharded_store(folder):
+        existing = read_manifest(folder)
+        if not resume:
+            raise FileExistsError(f"{folder} already holds a sharded store; resume it, or remove it first")
+        if [s["samples"] for s in existing["shards"]] != [s["samples"] for s in shards]:
+            raise StoreError(
+                f"{folder} holds a sharded store of other samples or another shard size; resume with the same "
+                "images and shard size, or write to a new folder"
+            )
+        return existing
+    if folder.is_dir() and any(p.name != MANIFEST for p in folder.iterdir()):
+        raise FileExistsError(f"{folder} holds files but no {MANIFEST}; give an empty or new folder for a sharded store")
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "format": SHARDED_FORMAT, "format_version": SHARDED_VERSION, "store_format": FORMAT,
+        "shard_size": int(shard_size), "samples": sum(len(s["samples"]) for s in shards),
+        "fingerprint": None, "metadata": dict(metadata or {}), "shards": shards, "complete": False,
+    }
+    _write_manifest(folder, manifest)
+    return manifest
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+        return value[0] if isinstance(value, list) and len(value) == 1 else value
+    if isinstance(value, (bytes, np.bytes_)):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def store_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What every shard of one store must share: model, adapter, input shape and site layout.
+
+    Read with h5py from the file's attributes and array shapes (no data is read).
+
+    Examples
+    --------
+    >>> from interpret_spectral.synthetic import planted_store
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "s.h5")
+    >>> planted_store(n_samples=1, path=path).close()
+    >>> fingerprint = store_fingerprint(path)
+    >>> fingerprint["model"], fingerprint["sites"]["blocks.1.attn"]["grid"]
+    ('planted', [4, 4])
+    """
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        root = {key: _plain(handle.attrs.get(key)) for key in ("model", "adapter", "format_version", "input_shape",
+                                                                "preprocessing", "capture", "compute_dtype")}
+        sites: dict[str, Any] = {}
+        for name, group in handle.items():
+            if not isinstance(group, h5py.Group) or "order" not in group.attrs:
+                continue
+            arrays = {
+                var: [str(group[var].dtype), list(group[var].shape[1:])]
+                for var in ("q", "k", "v", "features") if var in group
+            }
+            sites[name] = {
+                "order": _plain(group.attrs["order"]),
+                "grid": [_plain(group.attrs.get("grid_h")), _plain(group.attrs.get("grid_w"))],
+                "num_heads": _plain(group.attrs.get("num_heads")), "head_dim": _plain(group.attrs.get("head_dim")),
+                "arrays": arrays,
+            }
+    return {**{k: v for k, v in root.items() if v is not None}, "sites": sites}
+
+
+def _difference(expected: dict[str, Any], found: dict[str, Any]) -> str:
+    for key in sorted(set(expected) | set(found)):
+        if key == "sites":
+            continue
+        if expected.get(key) != found.get(key):
+            return f"{key} {found.get(key)!r} (the store's: {expected.get(key)!r})"
+    a, b = expected.get("sites", {}), found.get("sites", {})
+    if set(a) != set(b):
+        extra, lacking = sorted(set(b) - set(a)), sorted(set(a) - set(b))
+        return f"sites {extra[:3] or lacking[:3]} {'not in the store' if extra else 'missing'}"
+    for name in a:
+        if a[name] != b[name]:
+            return f"the layout of site {name!r}: {b[name]} (the store's: {a[name]})"
+    return "nothing"
+
+
+def _check_fingerprint(expected: dict[str, Any] | None, path: Path) -> dict[str, Any]:
+    found = store_fingerprint(path)
+    if expected is not None and found != expected:
+        raise StoreError(
+            f"shard {path} does not belong to the store in {path.parent}: it differs in {_difference(expected, found)}; "
+            "remove it and rerun its samples with the store's model and settings"
+        )
+    return found
+
+
+def shard_complete(folder: str | os.PathLike[str], entry: dict[str, Any]) -> bool:
+    """Whether a shard of the plan is on disk with exactly its samples and its writer finished.
+
+    A shard file holding other samples than the plan says is refused (it belongs to
+    another store); an unreadable or half-written one is simply not complete.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> shard_complete(tempfile.mkdtemp(), {"name": "shard-00000.h5", "samples": ["a"]})
+    False
+    """
+    path = Path(folder) / entry["name"]
+    if not path.is_file():
+        return False
+    try:
+        facts = inspect_file(path)
+    except StoreError:
+        return False
+    if facts.ids != list(entry["samples"])[: len(facts.ids)]:
+        raise StoreError(
+            f"shard {path} holds samples {facts.ids[:3]}... but the manifest plans {list(entry['samples'])[:3]}...; "
+            "it does not belong to this store: remove it and rerun its samples"
+        )
+    return len(facts.ids) == len(entry["samples"]) and facts.writing_finished is not False
+
+
+def missing_shards(folder: str | os.PathLike[str]) -> list[int]:
+    """Indices of the shards a (resumed) run still has to write.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp() + "/s"
+    >>> _ = create_sharded_store(folder, ["a", "b"], 1)
+    >>> missing_shards(folder)
+    [0, 1]
+    """
+    manifest = read_manifest(folder)
+    return [i for i, entry in enumerate(manifest["shards"]) if not shard_complete(folder, entry)]
+
+
+def seal_sharded_store(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check every shard, record which are complete and the shared fingerprint; ``complete`` last.
+
+    Safe to call at any time and from any process (it only reads the shards and
+    replaces the manifest atomically); a store is ``complete`` when every planned shard
+    is on disk, finished, and of the same model and layout.
+
+    Raises
+    ------
+    StoreError
+        A shard of another model, adapter, input size or site layout, or holding other
+        samples than planned.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp() + "/s"
+    >>> _ = create_sharded_store(folder, ["a"], 1)
+    >>> seal_sharded_store(folder)["complete"]
+    False
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    fingerprint = manifest.get("fingerprint")
+    for entry in manifest["shards"]:
+        done = shard_complete(folder, entry)
+        entry["complete"] = done
+        if done:
+            fingerprint = _check_fingerprint(fingerprint, folder / entry["name"])
+    manifest["fingerprint"] = fingerprint
+    manifest["complete"] = all(entry["complete"] for entry in manifest["shards"])
+    _write_manifest(folder, manifest)
+    return manifest
+
+
+def remove_stale_partials(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove ``*.partial-<pid>`` leftovers of writers that were killed (their process is gone).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> remove_stale_partials(tempfile.mkdtemp())
+    []
+    """
+    removed = []
+    for path in Path(folder).glob("*.partial-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            remove_path(path)
+            removed.append(path)
+    return removed
+
+
+def _concat_nodes(trees: list[Any], chunk_samples: int) -> Any:
+    import xarray as xr
+
+    nodes: dict[str, Any] = {}
+    for node in trees[0].subtree:
+        parts = []
+        for tree in trees:
+            ds = tree[node.path].to_dataset(inherit=False) if node.path != "/" else tree.to_dataset(inherit=False)
+            if "sample" in ds.dims:
+                ds = ds.chunk({"sample": chunk_samples})
+            parts.append(ds)
+        if "sample" in parts[0].dims:
+            joined = xr.concat(parts, dim="sample", data_vars="minimal", coords="minimal", compat="override",
+                               join="override", combine_attrs="override")
+        else:
+            joined = parts[0]
+        nodes[node.path] = joined
+    return xr.DataTree.from_dict(nodes)
+
+
+def open_sharded_store(
+    folder: str | os.PathLike[str],
+    open_file: Callable[[Path], Any],
+    chunk_samples: int = 1,
+) -> Any:
+    """Open the complete shards of a sharded store lazily as one Dask-backed DataTree.
+
+    ``interpret_spectral.open_store(folder)`` calls this; use that.  Every shard is
+    opened with ``open_file`` (the single-file opener: checks, checksums) and checked
+    against the manifest's fingerprint; every group is concatenated along ``sample``.
+
+    Parameters
+    ----------
+    folder : path-like
+        The store's folder.
+    open_file : callable
+        Opens one shard file (``open_store``).
+    chunk_samples : int
+        Samples per Dask chunk (1: reading one sample reads only that sample).
+
+    Returns
+    -------
+    xarray.DataTree
+        Root attributes as a single-file store's, with ``samples_requested`` (every
+        planned sample), ``samples_written`` and ``complete`` (1 when every shard is).
+
+    Raises
+    ------
+    StoreError
+        No manifest, no complete shard, a shard of another model or layout.
+
+    Examples
+    --------
+    >>> from interpret_spectral import open_store
+    >>> store = open_store("out/run/store")  # doctest: +SKIP
+    >>> store["encoder.layer.0.attention"]["q"].chunks[0][:3]  # doctest: +SKIP
+    (1, 1, 1)
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    fingerprint = manifest.get("fingerprint")
+    ready = [entry for entry in manifest["shards"] if shard_complete(folder, entry)]
+    if not ready:
+        raise StoreError(
+            f"no shard of the sharded store {folder} is complete yet; run (or resume) the job that writes it"
+        )
+    trees = []
+    try:
+        for entry in ready:
+            path = folder / entry["name"]
+            fingerprint = _check_fingerprint(fingerprint, path)
+            trees.append(open_file(path))
+        joined = _concat_nodes(trees, int(chunk_samples))
+    except BaseException:
+        for tree in trees:
+            tree.close()
+        raise
+    planned = int(sum(len(entry["samples"]) for entry in manifest["shards"]))
+    n = int(joined.sizes["sample"])
+    joined.attrs.update(trees[0].attrs)
+    joined.attrs.update({"samples_requested": planned, "samples_written": n, "complete": int(n == planned),
+                         "shards": len(ready), "source": str(folder)})
+
+    def close() -> None:
+        for tree in trees:
+            tree.close()
+
+    joined.set_close(close)
+    return joined
