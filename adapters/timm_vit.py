@@ -3,7 +3,10 @@
 Covers every timm ``VisionTransformer`` (and subclass) whose blocks use
 ``timm.layers.Attention``: DINO, DINOv2 (``vit_*_dinov2``, with or without register
 tokens), MAE, CLIP image towers, DeiT (``VisionTransformerDistilled`` with its
-distillation token), SigLIP-style models without a class token, and so on.
+distillation token), SigLIP (``vit_*_siglip_*``: no class token, an attention-pool head
+``attn_pool`` whose cross-attention from one learned latent is not a token graph and is
+not recorded), and so on.  EVA / EVA-02 (``timm.models.eva.Eva``, rotary embeddings) have
+their own adapter, ``timm-eva`` (:mod:`interpret_spectral.adapters.timm_eva`).
 
 What is read, per block ``blocks.<i>`` (timm 1.0.x ``Attention.forward``)::
 
@@ -65,6 +68,11 @@ class TimmViTAdapter(Adapter):
         ``"short_side"``: the short side to ``image_size``, the aspect ratio kept, the
         long side rounded to a multiple of the patch size (the paper's preprocessing;
         see :mod:`interpret_spectral.capture.preprocess`).
+    mean, std : sequence of 3 floats, optional
+        Normalisation of :meth:`preprocess`; default the model's ``pretrained_cfg``
+        (0.5/0.5 for a SigLIP made by ``timm.create_model``).  A model built from its class
+        has no ``pretrained_cfg`` and gets timm's ImageNet default: give the values its
+        weights were trained with.
 
     Notes
     -----
@@ -91,9 +99,14 @@ class TimmViTAdapter(Adapter):
         model: Any,
         image_size: int | Sequence[int] | None = None,
         resize: Literal["square", "short_side"] = "square",
+        *,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         **options: Any,
     ) -> None:
         super().__init__(model, **options)
+        self.mean = None if mean is None else tuple(float(m) for m in mean)
+        self.std = None if std is None else tuple(float(s) for s in std)
         if not self.matches(model):
             raise TypeError(
                 f"the timm-vit adapter needs a timm VisionTransformer whose blocks use timm.layers.Attention, "
@@ -179,7 +192,8 @@ class TimmViTAdapter(Adapter):
 
         The whole image is resized (no centre crop), so that every token maps onto the
         image stored in the store's ``pixels``.  Interpolation, mean and std come from
-        the model's ``pretrained_cfg`` (``timm.data.resolve_model_data_config``).
+        the model's ``pretrained_cfg`` (``timm.data.resolve_model_data_config``), unless
+        ``mean``/``std`` were given.
 
         Parameters
         ----------
@@ -205,7 +219,8 @@ class TimmViTAdapter(Adapter):
         config = resolve_model_data_config(self.model)
         interpolation = str(config.get("interpolation", "bicubic"))
         return preprocess_images(
-            images, self.image_size, config["mean"], config["std"],
+            images, self.image_size,
+            config["mean"] if self.mean is None else self.mean, config["std"] if self.std is None else self.std,
             interpolation=interpolation if interpolation in ("bicubic", "bilinear", "nearest", "lanczos") else "bicubic",
             resize=self.resize, multiple=tuple(int(p) for p in self.model.patch_embed.patch_size),
         )

@@ -45,14 +45,14 @@ from typing import Any
 from interpret_spectral.pipeline import (
     AnalyzeSettings,
     GraphResult,
-    _top_sites,
-    _Timer,
     analyze_samples,
     concat_results,
     image_files,
     summarize,
     write_results,
 )
+from interpret_spectral.pipeline.job import _Timer
+from interpret_spectral.pipeline.outputs import _top_sites
 from interpret_spectral.store.atomic import partial_name, remove_path, replace_dir, replacing_file
 from interpret_spectral.store.shards import (
     create_sharded_store,
@@ -328,6 +328,7 @@ def run_analyze(
     seed: int = 0,
     batch_size: int = 4,
     device: str | None = None,
+    dtype: str | None = None,
     store_dtype: str | None = None,
     image_size: int | None = None,
     probe_options: dict[str, Any] | None = None,
@@ -372,6 +373,8 @@ def run_analyze(
         Images per forward pass within a shard.
     device : str, optional
         Device of every worker's model and decomposition (``"cuda"`` on dask-cuda workers).
+    dtype : {"float32", "float16", "bfloat16"}, optional
+        Compute dtype of the forward passes (``probe(dtype=)``).
     store_dtype : {"float32", "float16"}, optional
         Dtype the store records.
     image_size : int, optional
@@ -436,6 +439,8 @@ def run_analyze(
         options["image_size"] = int(image_size)
     if device is not None:
         options["device"] = device
+    if dtype is not None:
+        options["dtype"] = dtype
     if store_dtype is not None:
         options["store_dtype"] = store_dtype
     shards = plan_shards(ids, shard_size)

@@ -154,6 +154,18 @@ def test_image_inputs_are_preprocessed_as_the_weights_expect(name: str) -> None:
     assert report.checks["grid"] == "passed"
 
 
+def test_timm_siglip_built_from_its_class_takes_mean_and_std() -> None:
+    """A bare class has no pretrained_cfg (timm's default is ImageNet): the normalisation can be given."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, class_token=False,
+                              global_pool="map").eval()
+    adapter = resolve_adapter(model, mean=HALF[0], std=HALF[1])
+    batch = adapter.preprocess([Image.new("RGB", (8, 8), (255, 0, 0))])
+    assert batch[0, :, 0, 0].tolist() == [1.0, -1.0, -1.0]
+    assert set(adapter.sites(batch)[0].token_kinds) == {"patch"}
+
+
 def test_torchvision_vit_probe_with_images_and_tensor() -> None:
     """The issue's finding: a 1 x 17 grid with the class token as a patch, and images refused."""
     model = _build("torchvision-vit")

@@ -102,6 +102,53 @@ def test_images_and_folder_inputs(model, tmp_path):
         probe(model, [folder / "missing.png"], adapter=ResizingToyAdapter, progress=False)
 
 
+def _resizing_adapter():
+    class ResizingToyAdapter(ToyAdapter):
+        def preprocess(self, images):
+            return torch.stack([
+                torch.from_numpy(np.asarray(im.resize((12, 8)), dtype=np.float32)).permute(2, 0, 1) / 255
+                for im in images
+            ])
+
+    return ResizingToyAdapter
+
+
+def test_store_records_original_sizes_preprocessing_and_completeness(model, tmp_path):
+    rng = np.random.default_rng(1)
+    paths = []
+    for name, (h, w) in (("wide", (20, 40)), ("tall", (30, 16))):
+        paths.append(tmp_path / f"{name}.png")
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    store = probe(model, paths, adapter=_resizing_adapter(), out=tmp_path / "s.h5", progress=False)
+    assert store["original_height"].values.tolist() == [20, 30]
+    assert store["original_width"].values.tolist() == [40, 16]
+    assert "preprocessed by the" in store.attrs["preprocessing"]
+    assert int(store.attrs["samples_requested"]) == 2 and int(store.attrs["complete"]) == 1
+    store.close()
+
+
+def test_overwrite_keeps_the_old_store_until_the_new_one_is_complete(model, batch, tmp_path):
+    out = tmp_path / "s.h5"
+    probe(model, batch[:2], adapter=ToyAdapter, out=out, progress=False).close()
+    before = out.read_bytes()
+
+    class FailingAdapter(ToyAdapter):
+        calls = 0
+
+        def run(self, b):
+            FailingAdapter.calls += 1
+            if FailingAdapter.calls == 3:  # the dry run and one batch succeed, then the forward fails
+                raise RuntimeError("forward failed")
+            super().run(b)
+
+    with pytest.raises(RuntimeError, match="forward failed"):
+        probe(model, batch, adapter=FailingAdapter, out=out, overwrite=True, batch_size=1, progress=False)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]  # no temporary left behind
+    probe(model, batch, adapter=ToyAdapter, out=out, overwrite=True, progress=False).close()
+    assert sample_ids(open_store(out)) == [str(i) for i in range(len(batch))]
+
+
 KILLER = textwrap.dedent(
     """
     import os, signal, sys, torch

@@ -140,6 +140,7 @@ def probe(
     store_dtype: Literal["float32", "float16"] = "float32",
     backend: Literal["hooks", "nnsight"] = "hooks",
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     sample_ids: Sequence[str] | None = None,
     metadata: dict[str, Any] | None = None,
@@ -182,6 +183,9 @@ def probe(
         Read modules by forward hooks or by nnsight tracing; both give the same store.
     resume : bool
         Continue an interrupted ``out`` file: samples already in it are skipped.
+    overwrite : bool
+        Replace an existing ``out`` file, only once the new store is complete: it is
+        written beside it and swapped in at the end, so a failed run leaves the old one.
     progress : bool
         Show a tqdm progress bar over batches.
     sample_ids : sequence of str, optional
@@ -223,14 +227,15 @@ def probe(
     bound = resolve_adapter(torch_model, adapter, **adapter_options)
     items, is_tensor = list_inputs(inputs, sample_ids)
 
-    def prepare(chunk: list[InputItem]) -> tuple[Any, np.ndarray | None]:
+    def prepare(chunk: list[InputItem]) -> tuple[Any, np.ndarray | None, list[tuple[int, int] | None]]:
         if is_tensor:
-            return to_model(bound, torch.cat([item.source for item in chunk])), None
+            return to_model(bound, torch.cat([item.source for item in chunk])), None, [None] * len(chunk)
         images = [load_image(item.source) for item in chunk]
         batch = bound.preprocess(images)
-        return to_model(bound, batch), _pixels(images, batch)
+        sizes: list[tuple[int, int] | None] = [(image.height, image.width) for image in images]
+        return to_model(bound, batch), _pixels(images, batch), sizes
 
-    first_batch, first_pixels = prepare(items[:1])
+    first_batch, first_pixels, _ = prepare(items[:1])
     all_sites = [check_site(site, f"the {bound.name!r} adapter") for site in bound.sites(first_batch)]
     sites = select_sites(all_sites, layers)
     capture = tuple(capture)
@@ -259,6 +264,9 @@ def probe(
         dtype=store_dtype,
         pixels_shape=None if first_pixels is None else first_pixels.shape[1:3],
         resume=resume,
+        overwrite=overwrite,
+        samples_requested=len(items),
+        preprocessing=_preprocessing_record(bound, is_tensor, first_batch, adapter_options),
     )
     done = set(writer.written)
     todo = [item for item in items if item.sample_id not in done]
@@ -268,7 +276,7 @@ def probe(
         with bar:
             for chunk in _batches(todo, batch_size):
                 ids = [item.sample_id for item in chunk]
-                batch, pixels = prepare(chunk)
+                batch, pixels, original_sizes = prepare(chunk)
                 if shape is not None and isinstance(batch, torch.Tensor) and tuple(batch.shape[1:]) != shape:
                     raise ValueError(
                         f"samples {ids[:3]} give a model input of shape {tuple(batch.shape[1:])}, the store's first "
@@ -281,9 +289,21 @@ def probe(
                     for name, site_arrays in arrays.items()
                 }
                 _check_finite(numpy_arrays, ids, store_dtype, allow_nonfinite)
-                writer.append(ids, numpy_arrays, pixels)
+                writer.append(ids, numpy_arrays, pixels, original_sizes=original_sizes)
                 bar.update(len(chunk))
     except BaseException:
         writer.abort()
         raise
     return writer.close()
+
+
+def _preprocessing_record(bound: Adapter, is_tensor: bool, batch: Any, options: dict[str, Any]) -> str:
+    """One line saying how inputs became the model's input, for the store's ``preprocessing`` attribute."""
+    shape = list(batch.shape[1:]) if isinstance(batch, torch.Tensor) else None
+    if is_tensor:
+        return f"model-ready tensors given by the caller, used as they are (model input {shape})"
+    settings = ", ".join(f"{key}={value!r}" for key, value in sorted(options.items())) or "adapter defaults"
+    return (
+        f"images read as 8-bit RGB (EXIF orientation applied, alpha composited on white, high bit depths "
+        f"rescaled), then preprocessed by the {bound.name!r} adapter ({settings}); model input {shape}"
+    )

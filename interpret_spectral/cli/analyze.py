@@ -46,6 +46,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier run in --out (kept until the new run is complete)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted (or earlier) run's store")
+    scale = parser.add_argument_group("scale (the Dask runner, docs/scaling.md)")
+    scale.add_argument("--workers", type=positive_int, default=None,
+                       help="run shards of images on a local Dask cluster of N worker processes")
+    scale.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="run shards on the Dask cluster at ADDRESS (e.g. tcp://host:8786)")
+    scale.add_argument("--shard-size", type=positive_int, default=8, help="images per task and shard (default 8)")
+    scale.add_argument("--keep", default="store", choices=("store", "vectors"),
+                       help="store: write q/k/v (a sharded store with --workers/--scheduler); vectors: keep only "
+                            "eigenvectors, eigenvalues, labels and contributions (needs --workers or --scheduler)")
     add_model(parser)
     add_spectral(parser, multi_graph=True)
     add_k(parser)
@@ -84,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         check_run_folder(args.out, args.overwrite, args.resume)
     except ValueError as error:
         raise UsageError(str(error)) from error
+    if args.workers is not None or args.scheduler is not None or args.keep == "vectors":
+        return _run_distributed(args, files, graphs, layers, k_range, spec)
     model, spec = load(args)
     summary = analyze(
         model, files, args.out, graphs=graphs, n_components=args.n_components, solver=args.solver,
@@ -93,4 +104,35 @@ def run(args: argparse.Namespace) -> int:
         probe_options=model_options(args, spec.kind), **probe_options(args),
     )
     print_summary(summary, Path(args.out))
+    return 0
+
+
+def _run_distributed(args: argparse.Namespace, files: list[Path], graphs: list[str], layers: Any,
+                     k_range: Any, spec: Any) -> int:
+    """``--workers`` / ``--scheduler``: :func:`interpret_spectral.runner.run_analyze` (no figures)."""
+    import logging
+
+    from interpret_spectral.models.loaders import model_label
+    from interpret_spectral.runner import run_analyze
+
+    if args.workers is not None and args.scheduler is not None:
+        raise UsageError("give --workers N (a local cluster) or --scheduler ADDRESS, not both")
+    if args.workers is None and args.scheduler is None:
+        raise UsageError("--keep vectors runs on the Dask runner: add --workers N or --scheduler ADDRESS")
+    if args.crf:
+        raise UsageError("--crf is not available with --workers/--scheduler")
+    options = model_options(args, spec.kind)
+    summary = run_analyze(
+        files, args.out, model=str(args.model), weights=args.weights, workers=args.workers, scheduler=args.scheduler,
+        shard_size=args.shard_size, keep=args.keep, graphs=graphs, n_components=args.n_components,
+        solver=args.solver, k=args.k, k_range=k_range, k_method=args.k_method, heads=args.heads, layers=layers,
+        seed=args.seed, batch_size=args.batch_size, probe_options=options, model_name=model_label(spec),
+        resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, **probe_options(args),
+    )
+    out = Path(args.out)
+    logging.getLogger("interpret_spectral.cli").info(
+        f"{len(summary['samples'])} image(s) in {summary['shards']} shard(s), {summary['images_per_second']} images/s; "
+        f"wrote {out / 'summary.json'}, vectors_*.nc, labels_*.nc, contributions_*.nc"
+        + (f" and the sharded store {out / 'store'}" if summary["store"] else " (keep=vectors: no q/k/v written)")
+    )
     return 0

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from interpret_spectral.capture.engine import probe
     from interpret_spectral.models.loaders import model_label
     from interpret_spectral.pipeline import image_files
-    from interpret_spectral.store.atomic import check_free, replacing_file
+    from interpret_spectral.store.atomic import check_free
     from interpret_spectral.store.reader import sample_ids, site_names
 
     layers = parse_layers(args.layers)
@@ -71,13 +71,9 @@ def run(args: argparse.Namespace) -> int:
         metadata={"model_name": model_label(spec)}, **model_options(args, spec.kind), **probe_options(args),
     )
     started = time.perf_counter()
-    if args.resume and out.exists():  # continue in place: the writer resumes bit-exactly
-        store = probe(model, files, out=out, resume=True, **options)
-        store.close()
-    else:
-        with replacing_file(out, overwrite=args.overwrite) as tmp:
-            store = probe(model, files, out=tmp, **options)
-            store.close()
+    # resume continues in place (bit-exactly); overwrite writes beside and swaps in when complete
+    store = probe(model, files, out=out, resume=args.resume and out.exists(), overwrite=args.overwrite, **options)
+    store.close()
     from interpret_spectral.store.reader import open_store
 
     store = open_store(out)

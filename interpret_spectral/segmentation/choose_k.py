@@ -109,7 +109,7 @@ class Silhouettes:
     >>> import numpy as np
     >>> score = Silhouettes(np.array([[0.0], [0.1], [5.0], [5.1]]))
     >>> round(score(np.array([0, 0, 1, 1])), 4), score(np.zeros(4, dtype=int))
-    (0.9802, nan)
+    (0.98, nan)
     """
 
     def __init__(self, rows: np.ndarray) -> None:

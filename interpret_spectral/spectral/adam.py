@@ -174,8 +174,13 @@ class AdamSolver(Solver):
         checkpoint_every: int | None = None,
         config: Mapping[str, Any] | None = None,
         progress: bool = False,
+        moving_average: float | None = None,
     ) -> Solution:
         n_components = check_components(operator, n_components)
+        if moving_average is not None and not 0.0 <= float(moving_average) < 1.0:
+            raise ValueError(f"moving_average is a decay in [0, 1), got {moving_average!r}")
+        if moving_average is not None and checkpoint is not None:
+            raise ValueError("moving_average is not kept in checkpoints; use one or the other")
         if parametrization not in PARAMETRIZATIONS:
             raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}")
         if init not in INITS:
@@ -244,8 +249,16 @@ class AdamSolver(Solver):
                               if key.startswith("schedule.")}
         del saved
 
-        def maps(indices: Sequence[int]) -> torch.Tensor:
-            x = torch.stack([params[i] for i in indices])
+        average = None if moving_average is None else [p.detach().clone() for p in params]
+
+        def update_average() -> None:
+            if average is not None:
+                with torch.no_grad():
+                    for kept, p in zip(average, params):
+                        kept.mul_(float(moving_average)).add_(p.detach(), alpha=1.0 - float(moving_average))
+
+        def maps(indices: Sequence[int], source: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+            x = torch.stack([(params if source is None else source)[i] for i in indices])
             return torch.softmax(x, dim=-1) if parametrization == "softmax" else x
 
         total, done, draws = operator.eq4_schedule(generator, steps=steps, state=schedule_state)
@@ -262,6 +275,7 @@ class AdamSolver(Solver):
                     if evaluations % accumulate == 0:
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
+                        update_average()
                 since_save += 1
                 bar.update(1)
                 if progress:
@@ -275,8 +289,11 @@ class AdamSolver(Solver):
         if evaluations % accumulate:
             optimizer.step()  # the gradients of the last, incomplete accumulation
             optimizer.zero_grad(set_to_none=True)
+            update_average()
+        if average is not None:
+            options["moving_average"] = float(moving_average)
         with torch.no_grad():
-            x = maps(range(blocks)).reshape(size, n_components)
+            x = maps(range(blocks), average).reshape(size, n_components)
             final_loss = operator.eq4_objective(x, float(ortho_weight))
             x = x.cpu().to(torch.float64).numpy()
         vectors, values = finish(x, apply_numpy(operator), orthogonalize)

@@ -45,6 +45,8 @@ import xarray as xr
 
 from interpret_spectral.spectral.adam import CHECKPOINT_SUFFIXES
 from interpret_spectral.spectral.dataset_graphs import MinibatchOperator, Settings, full_operator, sources
+from interpret_spectral.spectral.dataset_options import one_timestep_per_image
+from interpret_spectral.spectral.dataset_options import weight_by_resolution as resolution_weights
 from interpret_spectral.spectral.kinds import GraphKind, get_graph_kind
 from interpret_spectral.spectral.limits import check_memory, check_upsampling
 from interpret_spectral.spectral.resample import check_resample_method
@@ -119,6 +121,9 @@ def decompose_dataset(
     chunk_size: int | None = None,
     orthogonalize: str = "whiten",
     solver_options: Mapping[str, Any] | None = None,
+    weight_by_resolution: bool = False,
+    random_timestep: bool = False,
+    moving_average: float | None = None,
 ) -> xr.Dataset:
     """One set of eigenvector maps for every sample of a store, from cross-image graphs.
 
@@ -195,6 +200,18 @@ def decompose_dataset(
         of all samples, Rayleigh-Ritz ordered) or Eq. 8 as the paper writes it (``X U``).
     solver_options : mapping, optional
         Further options of the solver (e.g. a plugin's).
+    weight_by_resolution : bool
+        Weigh every site's graph by its number of tokens (the authors' code) instead
+        of equally (:func:`~interpret_spectral.spectral.dataset_options.weight_by_resolution`).
+    random_timestep : bool
+        Stores with a ``timestep`` dimension: every image uses one timestep drawn at
+        random (seeded by ``seed``; the same for all its sites), as the authors' code
+        draws one per image, instead of every timestep being a graph
+        (:func:`~interpret_spectral.spectral.dataset_options.one_timestep_per_image`).
+    moving_average : float, optional
+        ``adam`` only: the maps are read from an exponential moving average of the
+        parameters over the Adam updates with this decay (the authors' 0.99) instead of
+        the last ones.
 
     Returns
     -------
@@ -263,6 +280,15 @@ def decompose_dataset(
     if solver_obj.minibatch and inter > 0 and batch_size < 2:
         raise ValueError(f"inter={inter} needs minibatches of at least 2 samples, got batch_size={batch_size}")
     found = sources(tree, kind, layers, timesteps)
+    if random_timestep:
+        found = one_timestep_per_image(found, n_samples, int(seed))
+    if weight_by_resolution:
+        found = resolution_weights(found)
+    if moving_average is not None:
+        if not solver_obj.minibatch:
+            raise ValueError(f"moving_average applies to solver='adam' (minibatch solvers), not {solver_obj.name!r}")
+        if not 0.0 <= float(moving_average) < 1.0:
+            raise ValueError(f"moving_average is a decay in [0, 1), got {moving_average!r}")
     check_upsampling(out_grid, (max(s.grid[0] for s in found), max(s.grid[1] for s in found)))
     n_out = out_grid[0] * out_grid[1]
     if n_components >= n_samples * n_out:
@@ -289,6 +315,8 @@ def decompose_dataset(
         }
         operator: Any = MinibatchOperator(tree, found, n_samples, settings, batch_size=batch_size,
                                           steps_per_batch=steps_per_batch, epochs=epochs)
+        if moving_average is not None:
+            options["moving_average"] = float(moving_average)
         options = {"lr": float(lr), "orthogonalize": orthogonalize, "checkpoint": checkpoint_path,
                    "checkpoint_every": checkpoint_every, "config": config, "progress": progress, **options}
     else:
@@ -299,7 +327,10 @@ def decompose_dataset(
         "intra": intra, "inter": inter, "threshold": float(threshold), "grid_h": out_grid[0],
         "grid_w": out_grid[1], "resample": resample, "sites": json.dumps([s.label for s in found]),
         "seed": int(seed), "seconds": round(time.perf_counter() - started, 3),
+        "weight_by_resolution": int(bool(weight_by_resolution)), "random_timestep": int(bool(random_timestep)),
     }
+    if moving_average is not None:
+        attrs["moving_average"] = float(moving_average)
     if solver_obj.minibatch:
         attrs.update(batch_size=batch_size, steps_per_batch=steps_per_batch, epochs=epochs, lr=float(lr),
                      orthogonalize=orthogonalize)

@@ -53,6 +53,8 @@ class Source:
     timestep: int | None  # position along the store's timestep dimension
     label: str
     grid: tuple[int, int]
+    weight: float = 1.0  # weight of the graph in M and in Eq. 4
+    per_sample: tuple[int, ...] | None = None  # a timestep position per sample (instead of ``timestep``)
 
     @property
     def tokens(self) -> int:
@@ -95,7 +97,11 @@ def sources(tree: xr.DataTree, kind: GraphKind, layers: Any, timesteps: Any) -> 
 
 def _tokens(tree: xr.DataTree, source: Source, var: str, samples: slice) -> torch.Tensor:
     """``(samples, tokens, heads * channels)`` patch tokens, heads concatenated; non-finite refused."""
-    array = patch_tokens(tree, source.site, var, samples=samples, timesteps=source.timestep)
+    if source.per_sample is not None:  # one timestep per sample: read them all, keep each sample's own
+        chosen = np.asarray(source.per_sample)[samples]
+        array = patch_tokens(tree, source.site, var, samples=samples)[np.arange(len(chosen)), chosen]
+    else:
+        array = patch_tokens(tree, source.site, var, samples=samples, timesteps=source.timestep)
     bad = ~np.isfinite(array).reshape(array.shape[0], -1).all(axis=1)
     if bad.any():
         ids = sample_ids(tree)[samples][: int(bad.size)]
@@ -180,8 +186,8 @@ def full_operator(tree: xr.DataTree, found: Sequence[Source], n_samples: int, se
             blocks = sp.kron(sp.identity(n_samples, format="csr"), g, format="csr")
             symmetric = (blocks.T @ symmetric @ blocks).tocsr()
         # n_out / n_site keeps every site's term on one scale, as LayerDistributedOperator does
-        operator = operator + symmetric * (n_out / source.tokens)
-    return SparseOperator((operator / len(found)).tocsr())
+        operator = operator + symmetric * (n_out / source.tokens * source.weight)
+    return SparseOperator((operator / sum(source.weight for source in found)).tocsr())
 
 
 def _batches(order: np.ndarray, n_batches: int) -> list[np.ndarray]:
@@ -245,9 +251,9 @@ class MinibatchOperator:
         return walks
 
     def _terms(self, walks: Sequence[sp.csr_matrix], x: torch.Tensor) -> list[Eq4Term]:
-        ones = torch.ones(1, dtype=x.dtype)
-        return [Eq4Term(_resample_batch(x, g), [(SparseGraph(walk).sym_matmul, ones)])
-                for g, walk in zip(self._resamplers32, walks)]
+        return [Eq4Term(_resample_batch(x, g), [(SparseGraph(walk).sym_matmul,
+                                                 torch.tensor([source.weight], dtype=x.dtype))])
+                for g, walk, source in zip(self._resamplers32, walks, self.sources)]
 
     def eq4_schedule(self, generator: torch.Generator, steps: int | None = None,
                      state: dict[str, Any] | None = None) -> tuple[int, int, Iterator[Eq4Draw]]:
@@ -290,12 +296,13 @@ class MinibatchOperator:
         k = basis.shape[1]
         blocks = basis.reshape(-1, self.n_out, k)
         product = np.zeros_like(blocks)
+        total = sum(source.weight for source in self.sources)
         for samples, batch_walks in zip(batches, self._walks):
-            for g, walk in zip(self.resamplers, batch_walks):
+            for g, walk, source in zip(self.resamplers, batch_walks, self.sources):
                 site = blocks[samples] if g is None else np.stack([g @ block for block in blocks[samples]])
                 walked = (walk @ site.reshape(-1, k)).reshape(site.shape)
                 back = walked if g is None else np.stack([g.T @ block for block in walked])
-                product[samples] += back / len(self.resamplers)
+                product[samples] += back * (source.weight / total)
         return product.reshape(-1, k)
 
     def dense(self) -> np.ndarray:
