@@ -35,7 +35,7 @@ import contextlib
 import functools
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +64,7 @@ class TimmEvaAdapter(TimmViTAdapter):
     ----------
     model : timm.models.eva.Eva
         The model, in eval mode.
-    image_size, resize
+    image_size, resize, mean, std
         As for :class:`~interpret_spectral.adapters.timm_vit.TimmViTAdapter`; sizes other
         than the model's own need a model created with ``dynamic_img_size=True``.
 
@@ -81,8 +81,17 @@ class TimmEvaAdapter(TimmViTAdapter):
     #: Tried before generic adapters by ``adapter="auto"``.
     priority: ClassVar[int] = 10
 
-    def __init__(self, model: Any, *args: Any, **options: Any) -> None:
-        super().__init__(model, *args, **options)
+    def __init__(
+        self,
+        model: Any,
+        image_size: int | Sequence[int] | None = None,
+        resize: Literal["square", "short_side"] = "square",
+        *,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(model, image_size, resize, mean=mean, std=std, **options)
         self._rope: dict[str, list[torch.Tensor | None]] = {}
 
     # -- identification ---------------------------------------------------------------

@@ -401,7 +401,8 @@ def run_analyze(
     dict
         The summary (also in ``out/summary.json``): every sample, per graph eigenvalues,
         K and scores per sample, the sites most in agreement, worker seconds per step,
-        wall seconds and images per second.
+        setup seconds (cluster start, model loads), wall seconds after the setup and
+        images per second over them.
 
     Raises
     ------
@@ -452,8 +453,8 @@ def run_analyze(
     from dask.base import tokenize
 
     key = model if isinstance(model, str) else tokenize(model)
+    setup = time.perf_counter()
     client_, cluster, owned = _connect(workers, scheduler, client, connect_timeout)
-    started = time.perf_counter()
     try:
         try:
             pids = client_.run(_warm_worker, model, key, None if weights is None else str(weights), device, 1)
@@ -463,6 +464,8 @@ def run_analyze(
                 f"{type(error).__name__}: {' '.join(str(error).split())}"
             ) from None
         logger.info("%d Dask worker(s) ready (processes %s)%s", len(pids), sorted(pids.values()), _dashboard(client_))
+        setup = time.perf_counter() - setup
+        started = time.perf_counter()  # images per second: after the cluster and the models are up
         out.mkdir(parents=True, exist_ok=True)
         with replacing_file(out / _PLAN) as tmp:
             tmp.write_text(json.dumps(plan, indent=1) + "\n")
@@ -485,7 +488,8 @@ def run_analyze(
             client_.close()
         if cluster is not None:
             cluster.close()
-    return _finish(out, shards, settings, keep, time.perf_counter() - started, len(todo))
+    summary = _finish(out, shards, settings, keep, time.perf_counter() - started, len(todo), setup)
+    return summary
 
 
 def _run_jobs(client: Any, jobs: list[ShardJob], retries: int, progress: bool) -> None:
@@ -510,7 +514,7 @@ def _run_jobs(client: Any, jobs: list[ShardJob], retries: int, progress: bool) -
 
 
 def _finish(out: Path, shards: list[dict[str, Any]], settings: AnalyzeSettings, keep: str, wall: float,
-            ran: int) -> dict[str, Any]:
+            ran: int, setup: float) -> dict[str, Any]:
     """Join every shard's results and summary; seal the store; write the run's files."""
     from interpret_spectral.store.results import save_netcdf
 
@@ -534,6 +538,7 @@ def _finish(out: Path, shards: list[dict[str, Any]], settings: AnalyzeSettings, 
         save_netcdf(result.contributions, out / f"contributions_{name}.nc")
     n = len(summary["samples"])
     summary.update({"keep": keep, "shards": len(shards), "shards_run": ran, "wall_seconds": round(wall, 3),
+                    "setup_seconds": round(setup, 3),
                     "images_per_second": round(n / wall, 4) if ran == len(shards) and wall > 0 else None})
     with replacing_file(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")

@@ -23,10 +23,8 @@ torchvision = pytest.importorskip("torchvision")
 
 from PIL import Image  # noqa: E402
 
-import interpret_spectral.adapters.timm_eva as timm_eva  # noqa: E402
 from interpret_spectral import probe  # noqa: E402
 from interpret_spectral.adapters.path import PathAdapter  # noqa: E402
-from interpret_spectral.adapters.windowed import WindowedAttentionError  # noqa: E402
 from interpret_spectral.capture.registry import AdapterNotFoundError, resolve_adapter  # noqa: E402
 from interpret_spectral.capture.rebuild import rebuild_errors  # noqa: E402
 from interpret_spectral.testing import check_adapter  # noqa: E402
@@ -196,7 +194,8 @@ def test_eva_records_q_and_k_after_the_rotation(monkeypatch: pytest.MonkeyPatch)
     assert adapter.describe()["rotary"] == "applied to the recorded q and k"
     rotated = rebuild_errors(adapter, batch)
     assert max(rotated.values()) < 1e-5
-    monkeypatch.setattr(timm_eva, "_rotate", lambda attn, value, rope: value)
+    # The module whose code the adapter runs (doctest collection may import adapters/ a second time).
+    monkeypatch.setitem(type(adapter).assemble.__globals__, "_rotate", lambda attn, value, rope: value)
     unrotated = rebuild_errors(adapter, batch)
     assert min(unrotated.values()) > 1e-3, unrotated
     monkeypatch.undo()
@@ -246,13 +245,15 @@ def _torchvision_swin() -> torch.nn.Module:
 @pytest.mark.parametrize("build", [_timm_swin, _hf_swin, _torchvision_swin], ids=["timm", "hf", "torchvision"])
 def test_swin_is_refused_with_the_reason_and_what_to_do(build: Callable[[], torch.nn.Module]) -> None:
     model = build().eval()
-    with pytest.raises(WindowedAttentionError) as info:
+    # Caught by its base class: doctest collection may import adapters/ a second time, which
+    # registers a second copy of the adapter and its error class.
+    with pytest.raises(AdapterNotFoundError) as info:
         probe(model, torch.randn(1, 3, 32, 32), progress=False)
+    assert type(info.value).__name__ == "WindowedAttentionError" and isinstance(info.value, ValueError)
     message = str(info.value)
     assert f"{type(model).__name__} uses windowed attention" in message
     assert "no layer has one image-wide token graph" in message
     assert "plain ViT" in message and "PathAdapter(" in message
-    assert isinstance(info.value, AdapterNotFoundError)  # callers that catch "no adapter" catch this too
 
 
 # -- no silent guesses: generic adapters refuse a layout they cannot tell ------------------

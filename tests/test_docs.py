@@ -189,9 +189,14 @@ def _units() -> dict[str, tuple[list[str], str | None, str]]:
 
 
 @pytest.fixture(scope="module")
-def docs_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
-    """Every runnable unit, each in its own fresh directory, two at a time (CI has 2 cores)."""
+def docs_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """Every selected runnable unit, each in its own fresh directory, two at a time (CI has 2 cores)."""
     base = tmp_path_factory.mktemp("docs")
+    selected = {
+        item.callspec.id for item in request.session.items
+        if getattr(item, "originalname", "") in {"test_bash_block_runs", "test_python_blocks_run"}
+    }
+    units = {what: unit for what, unit in _units().items() if what in selected}
 
     def run(item: tuple[int, tuple[str, tuple[list[str], str | None, str]]]) -> Run:
         number, (what, (command, stdin, code)) = item
@@ -204,7 +209,7 @@ def docs_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
         return Run(what, code, time.perf_counter() - start, result)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = {run.what: run for run in pool.map(run, enumerate(_units().items()))}
+        runs = {run.what: run for run in pool.map(run, enumerate(units.items()))}
     print("\ndocs blocks, seconds: " + ", ".join(f"{what} {run.seconds:.0f}" for what, run in runs.items()))
     return runs
 

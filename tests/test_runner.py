@@ -187,3 +187,16 @@ def test_a_worker_that_cannot_load_the_model_is_one_clear_line(client, files, tm
                                                r"WeightsNotFoundError"):
         run_analyze(files, tmp_path / "run", model="timm:vit_tiny_patch16_224", client=client, **OPTIONS)
     assert not (tmp_path / "run" / "summary.json").exists() and not (tmp_path / "run" / "store").exists()
+
+
+def test_cli_analyze_options_of_the_runner(files, tmp_path, capsys):
+    from interpret_spectral.cli import main
+
+    out = str(tmp_path / "run")
+    assert main(["analyze", str(files[0]), "--out", out, "--keep", "vectors"]) == 2
+    assert "--keep vectors runs on the Dask runner: add --workers N or --scheduler ADDRESS" in capsys.readouterr().err
+    assert main(["analyze", str(files[0]), "--out", out, "--workers", "2", "--scheduler", "tcp://127.0.0.1:9"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["analyze", str(files[0]), "--out", out, "--scheduler", "tcp://127.0.0.1:9", "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err[0], err

@@ -190,3 +190,18 @@ def test_planted_labels_are_nested_across_grids():
     blocks = fine.reshape(3, 4, 3, 4).transpose(0, 2, 1, 3).reshape(9, 16)
     assert all(len(np.unique(block)) == 1 for block in blocks)
     assert planted_labels(np.array([[0.1, 0.1], [0.9, 0.9]]), (2, 2)).tolist() == [[0, 0], [0, 1]]
+
+
+def test_incomplete_store_is_refused_unless_allowed():
+    from interpret_spectral.spectral.dataset import decompose_dataset
+    from interpret_spectral.store import StoreError
+    from interpret_spectral.synthetic import planted_store
+
+    store = planted_store(n_samples=2)
+    store.attrs["samples_requested"] = 6  # as a probe of 6 images that stopped after 2 leaves it
+    with pytest.raises(StoreError, match="2 of 6 samples"):
+        decompose(store, progress=False)
+    with pytest.raises(StoreError, match="resume"):
+        decompose_dataset(store, solver="exact", grid=4, progress=False)
+    result = decompose(store, progress=False, allow_incomplete=True)
+    assert result.sizes["sample"] == 2

@@ -40,6 +40,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="grid resampling (default bilinear)")
     parser.add_argument("--grid", type=positive_int, default=None, help="output grid side (default: the finest site grid)")
     parser.add_argument("--device", default=None, help="where the decomposition runs: cpu, cuda, ... (default cpu)")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="decompose a store whose probe stopped early (default: refused, saying how to resume)")
     parser.add_argument("--figures", default=None, help="also draw eigenvector/segment figures into this folder")
     add_spectral(parser, multi_graph=False)
     add_common(parser)
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         options: dict[str, Any] = {
             "n_components": args.n_components, "solver": args.solver, "layers": layers, "heads": args.heads,
             "resample": args.resample, "seed": args.seed, "progress": not args.quiet,
+            "allow_incomplete": args.allow_incomplete,
         }
         if timesteps is not None:
             options["timesteps"] = timesteps

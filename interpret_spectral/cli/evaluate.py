@@ -1,9 +1,8 @@
-"""``interpret-spectral evaluate``: score segments against a masks folder (oracle and matched mIoU)."""
+"""``interpret-spectral evaluate``: score segments against a masks folder (oracle and matched mIoU), streamed."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -34,16 +33,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``evaluate`` command."""
     parser = subparsers.add_parser(
         "evaluate", help="score segments against a masks folder (oracle mIoU, optionally matched mIoU)",
-        description="Score against a segmentation folder (classes.txt, images/, masks/): either labels from "
-                    "`segment` (--labels) or a fresh run of the model on its images.",
+        description="Score against a segmentation folder (images/ and masks/; classes.txt only names the classes): "
+                    "either labels made earlier (--labels) or a fresh run of the model on its images, a few images "
+                    "at a time (memory does not grow with the number of images). With --out, writes per image "
+                    "labels/<id>.nc and figures/<id>_segments.png, and summary.json.",
     )
-    parser.add_argument("data", help="folder with classes.txt, images/ and masks/")
-    parser.add_argument("--labels", default=None, help="a labels file from segment (sample ids = image file stems)")
+    parser.add_argument("data", help="folder with images/ and masks/ (and optionally classes.txt)")
+    parser.add_argument("--out", "-o", default=None,
+                        help="folder for labels/, figures/ and summary.json (default: print the scores only)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluate in --out")
+    parser.add_argument("--no-figures", action="store_true", help="write no figures into --out")
+    parser.add_argument("--labels", default=None,
+                        help="score labels made earlier: a labels file of segment/analyze, or the labels/ folder of "
+                             "an earlier evaluate (sample ids = image file stems)")
     parser.add_argument("--limit", type=positive_int, default=None, help="score the first N images only")
     parser.add_argument("--matched", action="store_true",
-                        help="also the dataset-level matched mIoU: one joint decomposition, K-Means with K = classes, "
-                             "Hungarian matching")
-    parser.add_argument("--json", default=None, help="write the scores to this JSON file")
+                        help="also the dataset-level matched mIoU: one joint decomposition of all images (written to "
+                             "a temporary store on disk: its cross-image graphs need every image's features of a "
+                             "site at once), K-Means with K = classes, Hungarian matching")
+    parser.add_argument("--n-classes", type=positive_int, default=None,
+                        help="classes of the matched mIoU (default: classes.txt, else the largest mask id + 1)")
+    parser.add_argument("--json", default=None, help="also write the summary to this JSON file")
     add_model(parser, with_timesteps=True)
     add_spectral(parser, multi_graph=False)
     add_k(parser)
@@ -51,98 +61,61 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _masks_for(folder: Any, ids: list[str]) -> list[Any]:
-    index = {sid: i for i, sid in enumerate(folder.ids)}
-    missing = [sid for sid in ids if sid not in index]
-    if missing:
-        raise ValueError(
-            f"labels for {missing[:5]} have no mask in {folder.root / 'masks'}; the sample ids must be the image file stems"
-        )
-    return [folder[index[sid]].mask for sid in ids]
+def _print_scores(summary: dict[str, Any], source: str) -> None:
+    print(f"oracle mIoU: {summary['oracle_miou']:.4f} over {summary['scored']} images ({source})")
+    worst = summary["oracle_miou_worst"]
+    logger.info(f"worst image: {worst['image']} ({worst['oracle_miou']:.4f})")
+    for sid, value in summary["oracle_miou_per_image"].items():
+        logger.debug(f"  {sid}: {'n/a' if value is None else f'{value:.4f}'} (k = {summary['k'][sid]})")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Score labels (from a file, or from a fresh run of the model) against the folder's masks."""
-    import numpy as np
-
+    """Score labels (from files, or from a fresh run of the model) against the folder's masks."""
     from interpret_spectral.evaluation.folders import SegmentationFolder
-    from interpret_spectral.evaluation.metrics import matched_miou, oracle_miou_per_image
-    from interpret_spectral.segmentation import upsample_labels
 
     if args.matched and args.labels:
         raise UsageError("--matched decomposes the dataset jointly; it cannot be combined with --labels")
+    if args.n_classes is not None and not args.matched:
+        raise UsageError("--n-classes is the class count of the matched mIoU; add --matched (oracle mIoU needs none)")
     k_range = parse_k_range(args.k_range)
     data = SegmentationFolder(Path(args.data).expanduser())
-    result: dict[str, Any] = {"data": str(data.root), "classes": len(data.classes)}
-    store = decomposition = None
+    out = Path(args.out).expanduser() if args.out else None
+    figures = not args.no_figures
     if args.labels:
-        from interpret_spectral.store.results import open_labels
+        from interpret_spectral.pipeline.evaluate import evaluate_labels
 
-        labels = open_labels(args.labels)
-        ids = [str(s) for s in labels["sample"].values][: args.limit or None]
-        labels = labels.isel(sample=slice(0, len(ids)))
-        result["labels"] = str(args.labels)
-        source = f"labels from {args.labels}"
+        summary = evaluate_labels(args.labels, data, out, limit=args.limit, figures=figures, overwrite=args.overwrite,
+                                  json_path=args.json, progress=not args.quiet)
+        _print_scores(summary, f"labels from {args.labels}")
     else:
-        from interpret_spectral.capture.engine import probe
         from interpret_spectral.models.loaders import model_label
-        from interpret_spectral.pipeline import segment_each
-        from interpret_spectral.spectral.decompose import decompose
+        from interpret_spectral.pipeline import AnalyzeSettings
+        from interpret_spectral.pipeline.evaluate import evaluate_model
 
         (graph,) = parse_graphs(args.graph, multi=False)
         check_solver(args.solver)
         layers = parse_layers(args.layers)
-        check_model_args(args)
-        ids = data.ids[: args.limit or None]
+        spec = check_model_args(args)
+        settings = AnalyzeSettings(graphs=(graph,), n_components=args.n_components, solver=args.solver, seed=args.seed,
+                                   k=args.k, k_range=k_range, k_method=args.k_method, device=args.device)
         model, spec = load(args)
-        images = [data[data.ids.index(sid)].image for sid in ids]
-        store = probe(model, images, sample_ids=ids, layers=layers, batch_size=args.batch_size,
-                      progress=not args.quiet, **model_options(args, spec.kind), **probe_options(args))
-        decomposition = decompose(store, graph=graph, n_components=args.n_components, solver=args.solver,
-                                  seed=args.seed, device=args.device, progress=not args.quiet)
-        options: dict[str, Any] = {"k": args.k, "seed": args.seed}
-        if k_range is not None:
-            options["k_range"] = k_range
-        if args.k_method is not None:
-            options["k_method"] = args.k_method
-        labels = segment_each(decomposition, progress=not args.quiet, **options)
-        source = f"{graph.upper()} {args.solver}, {model_label(spec)}"
-        result.update({"model": model_label(spec), "graph": graph, "solver": args.solver,
-                       "n_components": args.n_components})
-    masks = _masks_for(data, ids)
-    predictions = upsample_labels(labels.transpose("sample", "y", "x"), [m.shape for m in masks])
-    per_image = oracle_miou_per_image(predictions, masks)
-    scored = per_image[np.isfinite(per_image)]
-    if scored.size == 0:
-        raise ValueError("no image has a scored (non-ignore) ground-truth pixel")
-    result["images"] = ids
-    result["oracle_miou"] = round(float(scored.mean()), 4)
-    result["oracle_miou_per_image"] = {
-        sid: (None if not np.isfinite(v) else round(float(v), 4)) for sid, v in zip(ids, per_image)
-    }
-    if not args.labels:
-        source += f"; k per image: {labels.attrs.get('k_selection') if args.k is None else args.k}"
-    print(f"oracle mIoU: {result['oracle_miou']:.4f} over {scored.size} images ({source})")
-    for sid, value in result["oracle_miou_per_image"].items():
-        logger.info(f"  {sid}: {'n/a' if value is None else f'{value:.4f}'}")
-    if args.matched:
-        from interpret_spectral.pipeline import dataset_kmeans
-        from interpret_spectral.spectral.dataset import decompose_dataset
-
-        n_clusters = args.k or len(data.classes)
-        logger.info(f"dataset-level decomposition of {len(ids)} images ...")
-        joint = decompose_dataset(store, graph=result["graph"], n_components=args.n_components, solver="exact",
-                                  grid=int(decomposition.sizes["y"]), seed=args.seed, progress=not args.quiet)
-        joint_labels = upsample_labels(dataset_kmeans(joint, n_clusters, args.seed), [m.shape for m in masks])
-        matched = matched_miou(joint_labels, masks, n_classes=len(data.classes), n_clusters=n_clusters)
-        result["matched_miou"] = round(float(matched.miou), 4)
-        result["matched_pixel_accuracy"] = round(float(matched.pixel_accuracy), 4)
-        print(f"matched mIoU (dataset-level {result['graph'].upper()}, {n_clusters} clusters, Hungarian): "
-              f"{result['matched_miou']:.4f}; pixel accuracy {result['matched_pixel_accuracy']:.4f}")
+        summary = evaluate_model(
+            model, data, out, settings=settings, limit=args.limit, layers=layers, batch_size=args.batch_size,
+            matched=args.matched, n_classes=args.n_classes, figures=figures, overwrite=args.overwrite,
+            json_path=args.json, model_name=model_label(spec), progress=not args.quiet,
+            probe_options={**model_options(args, spec.kind), **probe_options(args)},
+        )
+        k = args.k if args.k is not None else summary["settings"].get("k_selection")
+        _print_scores(summary, f"{graph.upper()} {args.solver}, {model_label(spec)}; k per image: {k}")
+        if args.matched:
+            matched = summary["matched"]
+            print(f"matched mIoU (dataset-level {graph.upper()}, {matched['n_clusters']} clusters, "
+                  f"{matched['matching'].capitalize()}): {matched['miou']:.4f}; pixel accuracy "
+                  f"{matched['pixel_accuracy']:.4f}")
+            for name, iou in matched["iou_per_class"].items():
+                logger.info(f"  {name}: {'n/a' if iou is None else f'{iou:.4f}'}")
+    if out is not None:
+        logger.info(f"wrote {out / 'summary.json'}")
     if args.json:
-        from interpret_spectral.store.atomic import replacing_file
-
-        with replacing_file(Path(args.json).expanduser()) as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
         logger.info(f"wrote {args.json}")
     return 0

@@ -3,14 +3,16 @@
 A *segmentation folder* is laid out as::
 
     root/
-      classes.txt     one class name per line, line i is class id i
+      classes.txt     one class name per line, line i is class id i (optional)
       images/         RGB images (.jpg, .jpeg or .png)
       masks/          single-channel uint8 PNG class ids, 255 = ignore,
                       same size as the image, same file stem as the image
 
-(the layout of ``../shared/data/voc`` and ``../shared/data/camvid``).
-:class:`SegmentationFolder` reads one, optionally with the evaluation
-preprocessing of the unsupervised segmentation literature.
+(the layout of PASCAL VOC and CamVid as the unsupervised segmentation literature
+ships them).  :class:`SegmentationFolder` reads one, optionally with the evaluation
+preprocessing of that literature.  ``classes.txt`` is needed only where class
+*names* are used: scores such as oracle mIoU need none, and the number of classes
+can be read from the masks (:meth:`SegmentationFolder.infer_n_classes`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Literal, overload
 import numpy as np
 from PIL import Image
 
-__all__ = ["SegmentationSample", "SegmentationFolder", "IMAGE_SUFFIXES"]
+__all__ = ["SegmentationSample", "SegmentationFolder", "IMAGE_SUFFIXES", "MissingClassesError"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 Protocol = Literal["native", "short_side", "picie"]
@@ -51,6 +53,10 @@ class SegmentationSample:
     mask: np.ndarray
 
 
+class MissingClassesError(FileNotFoundError):
+    """A folder without ``classes.txt`` asked for its class names."""
+
+
 def _files_by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
@@ -76,7 +82,7 @@ class SegmentationFolder(Sequence[SegmentationSample]):
     Parameters
     ----------
     root : str or pathlib.Path
-        Folder holding ``images/``, ``masks/`` and ``classes.txt``.
+        Folder holding ``images/``, ``masks/`` and (optionally) ``classes.txt``.
     size : int or None
         Shorter-side length for ``"short_side"`` and ``"picie"`` (default 320 for
         ``"picie"``).
@@ -94,7 +100,10 @@ class SegmentationFolder(Sequence[SegmentationSample]):
     Attributes
     ----------
     classes : list of str
-        Class names, index = class id.
+        Class names, index = class id; asking for them in a folder without
+        ``classes.txt`` raises :class:`MissingClassesError` (see ``n_classes``).
+    n_classes : int or None
+        Number of classes from ``classes.txt``; None without it.
     ids : list of str
         Sample ids (file stems), sorted.
     ignore_index : int
@@ -106,6 +115,19 @@ class SegmentationFolder(Sequence[SegmentationSample]):
     >>> sample = ds[0]                                                   # doctest: +SKIP
     >>> sample.image.size, sample.mask.shape                             # doctest: +SKIP
     ((320, 320), (320, 320))
+
+    A folder of images and masks alone (no ``classes.txt``):
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for sub in ("images", "masks"):
+    ...     (root / sub).mkdir()
+    >>> Image.new("RGB", (4, 2)).save(root / "images" / "a.png")
+    >>> Image.fromarray(np.array([[0, 0, 3, 255]] * 2, np.uint8)).save(root / "masks" / "a.png")
+    >>> folder = SegmentationFolder(root)
+    >>> folder.n_classes is None, folder.infer_n_classes(), folder.mask("a").shape
+    (True, 4, (2, 4))
     """
 
     ignore_index: int = 255
@@ -135,22 +157,46 @@ class SegmentationFolder(Sequence[SegmentationSample]):
         self.size = size
         self.crop = crop
         self.resample = resample
-        self.classes = self._read_layout()
+        self._classes = self._read_layout()
 
-    def _read_layout(self) -> list[str]:
+    @property
+    def classes(self) -> list[str]:
+        """Class names from ``classes.txt`` (index = class id).
+
+        Raises
+        ------
+        MissingClassesError
+            The folder has no ``classes.txt``.
+        """
+        if self._classes is None:
+            raise MissingClassesError(
+                f"{self.root} has no classes.txt, and class names are needed here: write one class "
+                "name per line (line i names mask id i) into classes.txt"
+            )
+        return list(self._classes)
+
+    @property
+    def n_classes(self) -> int | None:
+        """Number of classes in ``classes.txt``; None when the folder has none."""
+        return None if self._classes is None else len(self._classes)
+
+    def _read_layout(self) -> list[str] | None:
         root = self.root
-        expected = "root/classes.txt, root/images/ and root/masks/"
+        expected = "root/images/ and root/masks/ (and optionally root/classes.txt)"
         if not root.is_dir():
             raise FileNotFoundError(f"segmentation folder {root} does not exist; expected "
                                     f"{expected}.")
-        missing = [n for n in ("classes.txt", "images", "masks") if not (root / n).exists()]
+        missing = [n for n in ("images", "masks") if not (root / n).is_dir()]
         if missing:
             raise FileNotFoundError(f"{root} lacks {', '.join(missing)}; a segmentation "
                                     f"folder holds {expected}.")
-        classes = [line.strip() for line in
-                   (root / "classes.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not classes:
-            raise ValueError(f"{root / 'classes.txt'} is empty; list one class name per line.")
+        classes: list[str] | None = None
+        if (root / "classes.txt").is_file():
+            classes = [line.strip() for line in
+                       (root / "classes.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+            if not classes:
+                raise ValueError(f"{root / 'classes.txt'} is empty; list one class name per line "
+                                 "(or remove it: oracle mIoU needs no names).")
         images = _files_by_stem(root / "images", IMAGE_SUFFIXES)
         masks = _files_by_stem(root / "masks", (".png",))
         if not images:
@@ -164,13 +210,15 @@ class SegmentationFolder(Sequence[SegmentationSample]):
             raise ValueError(f"{len(no_image)} mask(s) in {root / 'masks'} have no image: "
                              f"{no_image[:5]}.")
         self.ids = sorted(images)
+        self._position_of = {sid: i for i, sid in enumerate(self.ids)}
         self._images = images
         self._masks = masks
         return classes
 
     def __repr__(self) -> str:
+        classes = "no classes.txt" if self._classes is None else f"{len(self._classes)} classes"
         return (f"SegmentationFolder({str(self.root)!r}, {len(self)} samples, "
-                f"{len(self.classes)} classes, protocol={self.protocol!r})")
+                f"{classes}, protocol={self.protocol!r})")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -190,37 +238,97 @@ class SegmentationFolder(Sequence[SegmentationSample]):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples.")
         sample_id = self.ids[int(index)]
-        return self._load(sample_id)
+        image, mask = self._load(sample_id)
+        assert image is not None
+        return SegmentationSample(id=sample_id, image=image, mask=mask)
 
-    def _load(self, sample_id: str) -> SegmentationSample:
+    def index(self, sample_id: str) -> int:
+        """Position of the sample with this id (file stem).
+
+        Raises
+        ------
+        KeyError
+            No image has this stem.
+        """
+        position = self._position_of.get(str(sample_id))
+        if position is None:
+            raise KeyError(f"{self.root} has no image with stem {sample_id!r} (ids are the image file stems, "
+                           f"e.g. {self.ids[:3]})")
+        return position
+
+    def image_path(self, sample_id: str) -> Path:
+        """The image file of a sample (as stored, before any preprocessing)."""
+        return self._images[self.ids[self.index(sample_id)]]
+
+    def mask(self, sample_id: str) -> np.ndarray:
+        """The mask of one sample alone (preprocessed as :meth:`__getitem__` does), without decoding its image.
+
+        Examples
+        --------
+        >>> SegmentationFolder("../shared/data/voc").mask("vainf_0000").dtype  # doctest: +SKIP
+        dtype('uint8')
+        """
+        return self._load(self.ids[self.index(sample_id)], with_image=False)[1]
+
+    def infer_n_classes(self) -> int:
+        """Number of classes read from the masks: the largest non-ignore id + 1 (every mask is read).
+
+        For folders without ``classes.txt``: a class that occurs in no mask (above
+        the largest that does) cannot be seen this way; pass the count explicitly
+        where that matters.
+
+        Raises
+        ------
+        ValueError
+            Every pixel of every mask is ``ignore_index``.
+        """
+        if self._classes is not None:
+            return len(self._classes)
+        largest = -1
+        for sample_id in self.ids:
+            values = np.unique(self.mask(sample_id))
+            values = values[values != self.ignore_index]
+            if values.size:
+                largest = max(largest, int(values.max()))
+        if largest < 0:
+            raise ValueError(f"every mask pixel in {self.root / 'masks'} is ignore ({self.ignore_index}); "
+                             "there is no class to count.")
+        return largest + 1
+
+    def _load(self, sample_id: str, with_image: bool = True) -> tuple[Image.Image | None, np.ndarray]:
+        """The preprocessed image (None unless ``with_image``) and mask of one sample."""
         mask_path = self._masks[sample_id]
         with Image.open(self._images[sample_id]) as img:
-            image = img.convert("RGB")
+            image_size = img.size
+            image = img.convert("RGB") if with_image else None
         with Image.open(mask_path) as m:
             if m.mode not in ("L", "P"):
                 raise ValueError(f"mask {mask_path} has mode {m.mode!r}; masks must be "
                                  "single-channel 8-bit PNGs of class ids (mode 'L' or 'P').")
             mask_image = m.copy()
-        if mask_image.size != image.size:
+        if mask_image.size != image_size:
             raise ValueError(f"mask {mask_path} is {mask_image.size} but its image is "
-                             f"{image.size} (width, height); they must match.")
-        bad = np.setdiff1d(np.unique(np.asarray(mask_image)),
-                           [*range(len(self.classes)), self.ignore_index])
-        if bad.size:
-            raise ValueError(f"mask {mask_path} holds ids {bad.tolist()} that are neither "
-                             f"classes (0 .. {len(self.classes) - 1}) nor "
-                             f"ignore ({self.ignore_index}).")
+                             f"{image_size} (width, height); they must match.")
+        if self._classes is not None:
+            bad = np.setdiff1d(np.unique(np.asarray(mask_image)),
+                               [*range(len(self._classes)), self.ignore_index])
+            if bad.size:
+                raise ValueError(f"mask {mask_path} holds ids {bad.tolist()} that are neither "
+                                 f"classes (0 .. {len(self._classes) - 1}) nor "
+                                 f"ignore ({self.ignore_index}).")
         if self.protocol != "native":
             assert self.size is not None
-            new_size = _short_side_size(*image.size, self.size)
-            image = image.resize(new_size, _RESAMPLE[self.resample])
+            new_size = _short_side_size(*image_size, self.size)
+            if image is not None:
+                image = image.resize(new_size, _RESAMPLE[self.resample])
             mask_image = mask_image.resize(new_size, Image.Resampling.NEAREST)
         if self.protocol == "picie":
             assert self.crop is not None
-            width, height = image.size
+            width, height = mask_image.size
             left = int(round((width - self.crop) / 2.0))
             top = int(round((height - self.crop) / 2.0))
             box = (left, top, left + self.crop, top + self.crop)
-            image, mask_image = image.crop(box), mask_image.crop(box)
-        return SegmentationSample(id=sample_id, image=image,
-                                  mask=np.array(mask_image, dtype=np.uint8))
+            mask_image = mask_image.crop(box)
+            if image is not None:
+                image = image.crop(box)
+        return image, np.array(mask_image, dtype=np.uint8)

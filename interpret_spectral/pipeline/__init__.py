@@ -19,6 +19,7 @@ Examples
 ['qk']
 """
 
+from interpret_spectral.pipeline.evaluate import ImageScores, evaluate_labels, evaluate_model, iter_labels
 from interpret_spectral.pipeline.job import (
     AnalyzeSettings,
     GraphResult,
@@ -49,4 +50,8 @@ __all__ = [
     "check_run_folder",
     "is_run_output",
     "run_folder",
+    "ImageScores",
+    "evaluate_model",
+    "evaluate_labels",
+    "iter_labels",
 ]

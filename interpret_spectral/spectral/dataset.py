@@ -51,7 +51,7 @@ from interpret_spectral.spectral.kinds import GraphKind, get_graph_kind
 from interpret_spectral.spectral.limits import check_memory, check_upsampling
 from interpret_spectral.spectral.resample import check_resample_method
 from interpret_spectral.spectral.solvers import Solver, get_solver
-from interpret_spectral.spectral.topk import intra_inter_topk
+from interpret_spectral.spectral.topk import NEIGHBOUR_METHODS, intra_inter_topk
 from interpret_spectral.store.decomposition import make_decomposition
 from interpret_spectral.store.reader import sample_ids
 from interpret_spectral.store.selection import as_store
@@ -121,9 +121,11 @@ def decompose_dataset(
     chunk_size: int | None = None,
     orthogonalize: str = "whiten",
     solver_options: Mapping[str, Any] | None = None,
+    neighbours: str = "auto",
     weight_by_resolution: bool = False,
     random_timestep: bool = False,
     moving_average: float | None = None,
+    allow_incomplete: bool = False,
 ) -> xr.Dataset:
     """One set of eigenvector maps for every sample of a store, from cross-image graphs.
 
@@ -200,6 +202,10 @@ def decompose_dataset(
         of all samples, Rayleigh-Ritz ordered) or Eq. 8 as the paper writes it (``X U``).
     solver_options : mapping, optional
         Further options of the solver (e.g. a plugin's).
+    neighbours : {"auto", "exact", "approximate"}
+        How cross-image neighbours are found (:func:`~interpret_spectral.spectral.topk.intra_inter_topk`):
+        brute force, FAISS's approximate search (the ``scale`` extra), or approximate past
+        :data:`~interpret_spectral.spectral.topk.EXACT_LIMIT` tokens per graph.
     weight_by_resolution : bool
         Weigh every site's graph by its number of tokens (the authors' code) instead
         of equally (:func:`~interpret_spectral.spectral.dataset_options.weight_by_resolution`).
@@ -212,6 +218,9 @@ def decompose_dataset(
         ``adam`` only: the maps are read from an exponential moving average of the
         parameters over the Adam updates with this decay (the authors' 0.99) instead of
         the last ones.
+    allow_incomplete : bool
+        Decompose a store that holds fewer samples than its probe was asked for (by
+        default refused, with how to resume).
 
     Returns
     -------
@@ -242,7 +251,7 @@ def decompose_dataset(
     >>> what["vectors"].dims  # doctest: +SKIP
     ('sample', 'y', 'x', 'component')
     """
-    tree = as_store(store)
+    tree = as_store(store, allow_incomplete)
     kind = get_graph_kind(graph)
     solver_obj = get_solver(solver)
     check_resample_method(resample)
@@ -302,7 +311,9 @@ def decompose_dataset(
         "use fewer samples (a smaller store), fewer sites (layers=), fewer neighbours (intra=, inter=) "
         "or a coarser grid=",
     )
-    settings = Settings(kind, intra, inter, float(threshold), out_grid, resample, chunk_size)
+    if neighbours not in NEIGHBOUR_METHODS:
+        raise ValueError(f"neighbours must be one of {NEIGHBOUR_METHODS}, got {neighbours!r}")
+    settings = Settings(kind, intra, inter, float(threshold), out_grid, resample, chunk_size, neighbours=neighbours)
     started = time.perf_counter()
     options = dict(solver_options or {})
     if solver_obj.minibatch:

@@ -72,6 +72,7 @@ class Settings:
     grid: tuple[int, int]
     resample: str
     chunk_size: int | None
+    neighbours: str = "auto"  # cross-image neighbours: "auto", "exact" or "approximate" (topk.NEIGHBOUR_METHODS)
 
 
 def sources(tree: xr.DataTree, kind: GraphKind, layers: Any, timesteps: Any) -> list[Source]:
@@ -126,7 +127,7 @@ def _walk(query: torch.Tensor, key: torch.Tensor, source: Source, settings: Sett
     width = query.shape[-1]
     values, indices = intra_inter_topk(
         query.reshape(-1, width), key.reshape(-1, width), source.tokens, settings.intra, settings.inter,
-        chunk_size=settings.chunk_size,
+        chunk_size=settings.chunk_size, neighbours=settings.neighbours,
     )
     return walk_matrix(values.numpy(), indices.numpy(), settings.threshold)
 

@@ -175,6 +175,7 @@ def decompose(
     progress: bool = True,
     weights: Any = None,
     samples: Any = None,
+    allow_incomplete: bool = False,
     **solver_options: Any,
 ) -> xr.Dataset:
     """Layer-distributed spectral decomposition of every sample of a store.
@@ -216,6 +217,9 @@ def decompose(
         timestep) graph weighs 1 by default; weights are normalised to sum to one.
     samples : id, position or sequence of them, optional
         Decompose only these samples (default all).
+    allow_incomplete : bool
+        Decompose a store that holds fewer samples than its probe was asked for (by
+        default refused, with how to resume).
     **solver_options
         Options of the solver (:func:`~interpret_spectral.spectral.solvers.solve_exact`:
         ``method``, ``tol``, ``maxiter``, ``dense_threshold``, ``max_dense_bytes``;
@@ -259,7 +263,7 @@ def decompose(
     """
     from tqdm.auto import tqdm
 
-    tree = as_store(store)
+    tree = as_store(store, allow_incomplete)
     kind = get_graph_kind(graph)
     solver_obj = get_solver(solver)
     if heads not in HEAD_MODES:

@@ -229,7 +229,7 @@ def _approximate_topk(query: torch.Tensor, key: torch.Tensor, n: int, k_intra: i
     lists = int(max(1, min(4 * math.sqrt(total), total // 39)))
     quantizer = faiss.IndexFlatIP(width)
     index = faiss.IndexIVFFlat(quantizer, width, lists, faiss.METRIC_INNER_PRODUCT)
-    train = np.random.default_rng(0).choice(total, size=min(total, 64 * lists), replace=False)
+    train = np.random.default_rng(0).choice(total, size=min(total, 40 * lists), replace=False)
     index.train(keys[np.sort(train)])
     index.add(keys)
     for first in range(0, total, n):  # one image's queries at a time: its own tokens are excluded in the search

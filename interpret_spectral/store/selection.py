@@ -24,7 +24,7 @@ import numpy as np
 import xarray as xr
 
 from interpret_spectral.store.format import StoreError, validate_store
-from interpret_spectral.store.reader import open_store, sample_ids, site_names
+from interpret_spectral.store.reader import open_store, require_complete, sample_ids, site_names
 
 __all__ = [
     "as_store",
@@ -36,8 +36,11 @@ __all__ = [
 ]
 
 
-def as_store(store: xr.DataTree | str | os.PathLike[str]) -> xr.DataTree:
-    """A validated store from a DataTree or the path of a store file (opened lazily).
+def as_store(store: xr.DataTree | str | os.PathLike[str], allow_incomplete: bool = False) -> xr.DataTree:
+    """A validated, complete store from a DataTree or the path of a store file (opened lazily).
+
+    A store holding fewer samples than its probe was asked for is refused (saying how to
+    resume) unless ``allow_incomplete`` is true; see :func:`~interpret_spectral.store.reader.require_complete`.
 
     Examples
     --------
@@ -46,11 +49,11 @@ def as_store(store: xr.DataTree | str | os.PathLike[str]) -> xr.DataTree:
     'interpret_spectral.store'
     """
     if isinstance(store, (str, os.PathLike)):
-        return open_store(store)
+        return require_complete(open_store(store), allow_incomplete)
     if not isinstance(store, xr.DataTree):
         raise TypeError(f"store must be an xarray.DataTree or a path to a store file, got {type(store).__name__}")
     validate_store(store)
-    return store
+    return require_complete(store, allow_incomplete)
 
 
 def select_layers(store: xr.DataTree, layers: Any = None) -> list[str]:
