@@ -22,54 +22,25 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # read the local cache only; never download
 
 import diffusers  # noqa: E402
-import transformers  # noqa: E402
 
 from _common import decompose_and_plot, example_images, example_parser, segments_per_image  # noqa: E402
 from interpret_spectral import probe  # noqa: E402
+from interpret_spectral.paper.models import tiny_sd_pipeline  # noqa: E402
 
 MODEL = "CompVis/stable-diffusion-v1-4"
 
 
-def tiny_pipeline(folder: Path) -> diffusers.StableDiffusionPipeline:
-    """A random-init StableDiffusionPipeline of tiny width (VAE downscaling 2, two UNet levels)."""
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=16, block_out_channels=(32, 32), layers_per_block=1, cross_attention_dim=32,
-        attention_head_dim=8, norm_num_groups=8,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    )
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=(16, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8, sample_size=32,
-    )
-    text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        vocab_size=7, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    ))
-    # A CLIP tokenizer needs vocabulary files: a 7-token vocabulary is enough for the empty prompt.
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "cat</w>": 3, "a": 4, "c": 5, "t": 6}
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=8)
-    return diffusers.StableDiffusionPipeline(
-        vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
-        scheduler=diffusers.DDPMScheduler(num_train_timesteps=1000, steps_offset=1, clip_sample=False),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-
-
-def load(args: argparse.Namespace, folder: Path) -> diffusers.StableDiffusionPipeline:
+def load(args: argparse.Namespace) -> diffusers.StableDiffusionPipeline:
     """Stable Diffusion 1.4 from local files, or a tiny random-init pipeline with --random-init."""
     if args.random_init:
-        return tiny_pipeline(folder)
+        return tiny_sd_pipeline()
     source = args.weights or MODEL
     try:
         return diffusers.StableDiffusionPipeline.from_pretrained(
@@ -89,13 +60,12 @@ def main() -> None:
     args = parser.parse_args()
     timesteps = [int(t) for t in args.timesteps.split(",") if t.strip()]
 
-    with tempfile.TemporaryDirectory() as folder:
-        pipe = load(args, Path(folder))
-        pipe.set_progress_bar_config(disable=True)
-        names, images = example_images(args)
-        # q, k, v get a timestep dimension: (sample, timestep, head, token, channel).
-        options = {} if args.image_size is None else {"image_size": args.image_size}
-        store = probe(pipe, images, timesteps=timesteps, sample_ids=names, batch_size=1, progress=False, **options)
+    pipe = load(args)
+    pipe.set_progress_bar_config(disable=True)
+    names, images = example_images(args)
+    # q, k, v get a timestep dimension: (sample, timestep, head, token, channel).
+    options = {} if args.image_size is None else {"image_size": args.image_size}
+    store = probe(pipe, images, timesteps=timesteps, sample_ids=names, batch_size=1, progress=False, **options)
     grids = sorted({(int(store[s].attrs["grid_h"]), int(store[s].attrs["grid_w"])) for s in store.children})
     print(f"{len(store.children)} self-attention sites, grids {grids}, timesteps {timesteps}")
     out = Path(args.out)

@@ -31,30 +31,9 @@ from interpret_spectral.applications.zero_shot import (
     zero_shot_segment,
 )
 from interpret_spectral.evaluation.folders import SegmentationFolder
+from interpret_spectral.paper.models import tiny_clip
 from interpret_spectral.segmentation import segment, upsample_labels
 from interpret_spectral.spectral.decompose import decompose
-
-
-def random_clip(image_size: int):
-    """A random-init CLIPModel with ViT-B/16's patch size (small widths) and a byte-level tokenizer."""
-    import torch
-    from tokenizers import pre_tokenizers
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab.setdefault(char, len(vocab))
-        vocab.setdefault(char + "</w>", len(vocab))
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1),
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                           image_size=image_size, patch_size=16),
-        projection_dim=32,
-    )
-    torch.manual_seed(0)
-    return CLIPModel(config).eval(), CLIPTokenizer(vocab=vocab, merges=[])
 
 
 def main() -> None:
@@ -75,7 +54,7 @@ def main() -> None:
     samples = folder[: args.limit] if args.limit else folder[:]
     images, masks, ids = [s.image for s in samples], [s.mask for s in samples], [s.id for s in samples]
     started = time.perf_counter()
-    clip, tokenizer = random_clip(args.image_size) if args.random_init else load_clip(args.clip)
+    clip, tokenizer = tiny_clip(args.image_size) if args.random_init else load_clip(args.clip)
     clip_store = probe(clip, images, capture=("q", "k", "v", "features"), sample_ids=ids,
                        image_size=args.image_size, progress=False)
     features = clip_pixel_features(clip_store, clip)

@@ -206,7 +206,9 @@ def _local_weights(family: str, folder: Path) -> list[str]:
                                   image_size=64, patch_size=16)
         CLIPVisionModel(config).save_pretrained(folder / "clip")
         return ["--model", f"hf:{folder / 'clip'}", "--image-size", "64"]
-    _example_module("stable_diffusion").tiny_pipeline(folder).save_pretrained(folder / "sd")
+    from interpret_spectral.paper.models import tiny_sd_pipeline
+
+    tiny_sd_pipeline().save_pretrained(folder / "sd")
     return ["--model", "sd:unused-name", "--weights", str(folder / "sd"), "--image-size", "32", "--timesteps", "100,500"]
 
 

@@ -87,7 +87,7 @@ def test_every_block_is_labelled_and_most_run(record_property: pytest.RecordProp
     counts = {"blocks": len(ALL_BLOCKS), "code": len(code), "run": len(code) - len(not_run), "no-run": len(not_run)}
     record_property("docs_blocks", counts)
     print(f"docs code blocks: {counts}; not run: " + "; ".join(f"{b.where} ({b.no_run})" for b in not_run))
-    assert len(not_run) * 3 <= len(code), f"most docs code must run in CI: {counts}"
+    assert len(not_run) < counts["run"], f"most docs code must run in CI: {counts}"
 
 
 def test_toml_blocks_parse() -> None:

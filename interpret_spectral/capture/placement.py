@@ -94,7 +94,10 @@ def place_model(model: Any, device: str | torch.device | None, dtype: str | torc
         raise TypeError(f"device= and dtype= move the model with model.to(), which {type(model).__name__} lacks")
     kwargs: dict[str, Any] = {}
     if device is not None:
-        kwargs["device"] = torch.device(device)
+        try:
+            kwargs["device"] = torch.device(device)
+        except RuntimeError as error:
+            raise ValueError(f"device={device!r} is not a device torch knows ({error}); use e.g. 'cpu' or 'cuda:0'") from None
     if dtype is not None:
         kwargs["dtype"] = torch_dtype(dtype)
     mover(**kwargs)

@@ -196,8 +196,9 @@ class _Recorder:
 
             score = "n/a (mask all ignore)" if not np.isfinite(value) else f"{value:.3f}"
             path = self.staging / "figures" / f"{stem}_segments.png"
-            viz.plot_segments(labels, image, sample=0, path=path,
-                              title=f"{sample_id}: oracle mIoU {score}, k = {self.scores.k[sample_id]}")
+            figure = viz.plot_segments(labels, image, sample=0, path=path,
+                                       title=f"{sample_id}: oracle mIoU {score}, k = {self.scores.k[sample_id]}")
+            figure.clear()  # a figure is a cycle of artists: free its pictures now, not at the next gc pass
             self.written.append(str(path.relative_to(self.staging)))
         return value
 
