@@ -249,6 +249,14 @@ class TimmViTAdapter(Adapter):
         if not isinstance(batch, torch.Tensor) or batch.ndim != 4:
             shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
             raise TypeError(f"a timm ViT takes a (B, C, H, W) image tensor, got {shape}")
+        proj = getattr(self.model.patch_embed, "proj", None)
+        channels = getattr(proj, "in_channels", None)
+        if channels is not None and int(batch.shape[1]) != int(channels):
+            raise ValueError(
+                f"the batch has {int(batch.shape[1])} channels but {type(self.model).__name__} takes {channels} "
+                f"(batch shape {tuple(batch.shape)}); give (B, {channels}, H, W) tensors, e.g. repeat a grayscale "
+                "channel, or pass images and let the adapter preprocess them"
+            )
         size = (int(batch.shape[-2]), int(batch.shape[-1]))
         self._check_size(size)
         return size

@@ -303,3 +303,11 @@ def test_hooks_are_removed_when_the_forward_pass_fails(case: str) -> None:
     assert _no_hooks_left(model)
     if case.startswith("timm"):
         assert model.dynamic_img_size is False and model.patch_embed.strict_img_size
+
+
+def test_timm_refuses_a_batch_with_the_wrong_channel_count() -> None:
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3).eval()
+    with pytest.raises(ValueError, match="1 channels but VisionTransformer takes 3"):
+        probe(model, torch.zeros(2, 1, 32, 32), progress=False)

@@ -171,6 +171,7 @@ API_CASES = [
     ("P15 probe layers 99", lambda fx, m, v: isp.probe(m, X, layers=99, progress=False), (ValueError, IndexError), r"99"),
     ("P16 probe resume other model", lambda fx, m, v: isp.probe(m, X, out=_copy(fx, "valid.h5"), resume=True, progress=False), StoreError, r"cannot resume"),
     ("P17 probe 3-D tensor", lambda fx, m, v: isp.probe(m, torch.zeros(3, 32, 32), progress=False), (TypeError, ValueError), r"\(B, C, H, W\)"),
+    ("P18 probe device nonsense", lambda fx, m, v: isp.probe(m, X, device="nonsense", progress=False), ValueError, r"device='nonsense'"),
 ]
 
 

@@ -311,3 +311,8 @@ def test_a_cuda_model_takes_cpu_inputs(batch):
     gpu = probe(model, batch[:2], adapter=ToyAdapter, device="cuda", progress=False)
     assert gpu.attrs["device"].startswith("cuda")
     np.testing.assert_allclose(gpu["blocks.1"]["k"].values, cpu["blocks.1"]["k"].values, rtol=1e-4, atol=1e-5)
+
+
+def test_raw_pixel_tensors_are_flagged(model):
+    with pytest.warns(UserWarning, match="look like raw pixel values"):
+        probe(model, torch.full((1, 3, 8, 12), 200.0), adapter=ToyAdapter, progress=False)

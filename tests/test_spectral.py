@@ -205,3 +205,13 @@ def test_incomplete_store_is_refused_unless_allowed():
         decompose_dataset(store, solver="exact", grid=4, progress=False)
     result = decompose(store, progress=False, allow_incomplete=True)
     assert result.sizes["sample"] == 2
+
+
+def test_a_store_without_samples_is_refused(tmp_path):
+    from interpret_spectral.store import StoreError, create_store
+    from interpret_spectral.store.sites import AttentionSite
+
+    site = AttentionSite("blocks.0.attn", "blocks.0.attn", 0, 2, 4, 0.5, (2, 2), ("cls",) + ("patch",) * 4)
+    create_store([site], path=tmp_path / "e.h5").close()
+    with pytest.raises(StoreError, match="holds no samples"):
+        decompose(tmp_path / "e.h5", progress=False)

@@ -229,7 +229,9 @@ def probe(
 
     def prepare(chunk: list[InputItem]) -> tuple[Any, np.ndarray | None, list[tuple[int, int] | None]]:
         if is_tensor:
-            return to_model(bound, torch.cat([item.source for item in chunk])), None, [None] * len(chunk)
+            tensor = torch.cat([item.source for item in chunk])
+            _warn_if_unnormalised(tensor, [item.sample_id for item in chunk])
+            return to_model(bound, tensor), None, [None] * len(chunk)
         images = [load_image(item.source) for item in chunk]
         batch = bound.preprocess(images)
         sizes: list[tuple[int, int] | None] = [(image.height, image.width) for image in images]
@@ -307,3 +309,21 @@ def _preprocessing_record(bound: Adapter, is_tensor: bool, batch: Any, options: 
         f"images read as 8-bit RGB (EXIF orientation applied, alpha composited on white, high bit depths "
         f"rescaled), then preprocessed by the {bound.name!r} adapter ({settings}); model input {shape}"
     )
+
+
+UNNORMALISED_LIMIT = 50.0
+"""A model-ready float tensor with values beyond this looks like raw pixels (0..255), not normalised ones."""
+
+
+def _warn_if_unnormalised(tensor: torch.Tensor, ids: Sequence[str]) -> None:
+    """Warn when a float tensor given as model-ready input holds values far outside any normalised range."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return
+    largest = float(tensor.detach().abs().max())
+    if largest > UNNORMALISED_LIMIT:
+        warnings.warn(
+            f"samples {list(ids)[:3]} are tensors with values up to {largest:g}: a tensor is taken as model-ready "
+            "(resized and normalised), and these look like raw pixel values; pass images (PIL or paths) to let the "
+            "adapter normalise them, or normalise the tensor first",
+            UserWarning, stacklevel=3,
+        )

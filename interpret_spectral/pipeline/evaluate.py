@@ -36,6 +36,7 @@ Examples
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -407,6 +408,7 @@ def evaluate_model(
                     bar.update(len(group))
                     del store, decomposition, labels
                 del samples
+                gc.collect()  # the chunk's cyclic garbage (figures, xarray objects) goes before the next chunk
         summary.update(recorder.summary())
         if settings.k is None:
             summary["settings"]["k_selection"] = str(k_selection)

@@ -49,11 +49,16 @@ def as_store(store: xr.DataTree | str | os.PathLike[str], allow_incomplete: bool
     'interpret_spectral.store'
     """
     if isinstance(store, (str, os.PathLike)):
-        return require_complete(open_store(store), allow_incomplete)
-    if not isinstance(store, xr.DataTree):
+        tree = open_store(store)
+        source = str(store)
+    elif isinstance(store, xr.DataTree):
+        validate_store(store)
+        tree, source = store, "the store"
+    else:
         raise TypeError(f"store must be an xarray.DataTree or a path to a store file, got {type(store).__name__}")
-    validate_store(store)
-    return require_complete(store, allow_incomplete)
+    if int(tree.sizes.get("sample", 0)) == 0:
+        raise StoreError(f"{source} holds no samples: there is nothing to analyse; probe images into it first")
+    return require_complete(tree, allow_incomplete)
 
 
 def select_layers(store: xr.DataTree, layers: Any = None) -> list[str]:
