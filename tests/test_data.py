@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from interpret_spectral.evaluation.folders import SegmentationFolder
+from interpret_spectral.evaluation.folders import MissingClassesError, SegmentationFolder
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -69,11 +70,21 @@ def test_layout_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         SegmentationFolder(tmp_path / "nowhere")
     _write_pair(tmp_path, "a")
-    with pytest.raises(FileNotFoundError, match="classes.txt"):
+    no_names = SegmentationFolder(tmp_path)  # classes.txt is optional: names only where they are used
+    assert no_names.n_classes is None and no_names.infer_n_classes() == 2 and no_names[0].mask.max() == 1
+    assert "no classes.txt" in repr(no_names)
+    with pytest.raises(MissingClassesError, match="classes.txt"):
+        no_names.classes
+    (tmp_path / "classes.txt").write_text("")
+    with pytest.raises(ValueError, match="is empty"):
         SegmentationFolder(tmp_path)
     (tmp_path / "classes.txt").write_text("background\nthing\n")
     ds = SegmentationFolder(tmp_path)
     assert ds.classes == ["background", "thing"] and ds[0].mask.max() == 1
+    assert ds.n_classes == 2 and ds.index("a") == 0 and ds.image_path("a").name == "a.jpg"
+    np.testing.assert_array_equal(ds.mask("a"), ds[0].mask)
+    with pytest.raises(KeyError, match="no image with stem 'zzz'"):
+        ds.index("zzz")
     Image.new("RGB", (6, 4)).save(tmp_path / "images" / "b.png")
     with pytest.raises(ValueError, match=r"have no mask.*\['b'\]"):
         SegmentationFolder(tmp_path)
@@ -84,6 +95,17 @@ def test_layout_errors(tmp_path: Path) -> None:
     (tmp_path / "masks" / "c.png").unlink()
     with pytest.raises(IndexError):
         ds[1]
+    shutil.rmtree(tmp_path / "masks")
+    with pytest.raises(FileNotFoundError, match="lacks masks"):
+        SegmentationFolder(tmp_path)
+
+
+def test_masks_alone_follow_the_protocol_and_count_classes() -> None:
+    root = _dataset("camvid")
+    folder = SegmentationFolder(root, protocol="picie", size=240)
+    first = folder.ids[0]
+    np.testing.assert_array_equal(folder.mask(first), folder[0].mask)
+    assert folder.infer_n_classes() == 11  # classes.txt when present
 
 
 def test_bad_masks_and_arguments(tmp_path: Path) -> None:
