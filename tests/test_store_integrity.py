@@ -287,7 +287,8 @@ os.kill(os.getpid(), 9)
 
 def test_files_describe_themselves(tmp_path):
     path = _full_store(tmp_path / "store.h5", attrs={"model": "toy", "options": {"image_size": 224, "crop": True},
-                                                      "layers": ["blocks.0.attn", "blocks.1.attn"]})
+                                                      "layers": ["blocks.0.attn", "blocks.1.attn"]},
+                       compression="gzip")
     with h5py.File(path, "r") as f:
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset) and not name.split("/")[-1] in ("head", "channel", "token", "feature", "y", "x", "rgb"):

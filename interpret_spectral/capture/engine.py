@@ -237,11 +237,13 @@ def probe(
         sizes: list[tuple[int, int] | None] = [(image.height, image.width) for image in images]
         return to_model(bound, batch), _pixels(images, batch), sizes
 
-    first_batch, first_pixels, _ = prepare(items[:1])
+    # The first batch fixes the sites, feature widths and extra dims; what it captured is
+    # written as the first batch (a resumed run captures its first sample only, to check).
+    first_chunk = items[:1] if resume else items[:batch_size]
+    first_batch, first_pixels, first_sizes = prepare(first_chunk)
     all_sites = [check_site(site, f"the {bound.name!r} adapter") for site in bound.sites(first_batch)]
     sites = select_sites(all_sites, layers)
     capture = tuple(capture)
-    # One dry capture on the first sample fixes feature widths and extra dims.
     probe_arrays, _ = capture_batch(bound, first_batch, sites, capture, backend, model=model)
     feature_dims = (
         {name: int(arr["features"].shape[-1]) for name, arr in probe_arrays.items()} if "features" in capture else None
@@ -272,20 +274,24 @@ def probe(
     )
     done = set(writer.written)
     todo = [item for item in items if item.sample_id not in done]
+    captured = {tuple(item.sample_id for item in first_chunk): (first_batch, first_pixels, first_sizes, probe_arrays)}
     shape = tuple(first_batch.shape[1:]) if isinstance(first_batch, torch.Tensor) else None
     try:
         bar = tqdm(total=len(todo), disable=not progress, desc="probe", unit="sample")
         with bar:
             for chunk in _batches(todo, batch_size):
                 ids = [item.sample_id for item in chunk]
-                batch, pixels, original_sizes = prepare(chunk)
+                reuse = captured.pop(tuple(ids), None)
+                batch, pixels, original_sizes = reuse[:3] if reuse is not None else prepare(chunk)
                 if shape is not None and isinstance(batch, torch.Tensor) and tuple(batch.shape[1:]) != shape:
                     raise ValueError(
                         f"samples {ids[:3]} give a model input of shape {tuple(batch.shape[1:])}, the store's first "
                         f"sample {shape}: one store holds one token grid per site; probe images of another "
                         "size or aspect ratio into a store of their own (or use the adapter's resize='square')"
                     )
-                arrays, _ = capture_batch(bound, batch, sites, capture, backend, model=model)
+                arrays = reuse[3] if reuse is not None else capture_batch(
+                    bound, batch, sites, capture, backend, model=model)[0]
+                captured.clear()  # the first batch is either written now or never
                 numpy_arrays = {
                     name: {var: value.detach().to("cpu", torch.float32).numpy() for var, value in site_arrays.items()}
                     for name, site_arrays in arrays.items()

@@ -428,8 +428,12 @@ def _concat_nodes(trees: list[Any], chunk_samples: int) -> Any:
         parts = []
         for tree in trees:
             ds = tree[node.path].to_dataset(inherit=False) if node.path != "/" else tree.to_dataset(inherit=False)
-            if "sample" in ds.dims:
-                ds = ds.chunk({"sample": chunk_samples})
+            # Only per-sample arrays become Dask arrays; small per-site coordinates (token_y, ...)
+            # stay lazily read numpy, so reading them costs no Dask compute.
+            chunked = {name: var.chunk({"sample": chunk_samples}) for name, var in ds.variables.items()
+                       if "sample" in var.dims and name not in ds.indexes}
+            ds = ds.assign_coords({k: v for k, v in chunked.items() if k in ds.coords}).assign(
+                {k: v for k, v in chunked.items() if k not in ds.coords})
             parts.append(ds)
         if "sample" in parts[0].dims:
             joined = xr.concat(parts, dim="sample", data_vars="minimal", coords="minimal", compat="override",
