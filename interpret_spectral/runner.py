@@ -51,8 +51,8 @@ from interpret_spectral.pipeline import (
     summarize,
     write_results,
 )
-from interpret_spectral.pipeline.job import _Timer
-from interpret_spectral.pipeline.outputs import _top_sites
+from interpret_spectral.pipeline.job import StepTimer
+from interpret_spectral.pipeline.outputs import top_sites
 from interpret_spectral.store.atomic import partial_name, remove_path, replace_dir, replacing_file
 from interpret_spectral.store.shards import (
     create_sharded_store,
@@ -153,7 +153,7 @@ def _run_shard(job: ShardJob) -> dict[str, Any]:
     device = job.settings.device
     model = _load_model(job.model, job.model_key, job.weights, device, job.torch_threads)
     out = Path(job.out)
-    timer = _Timer()
+    timer = StepTimer()
     options = dict(job.probe_options)
     metadata = {"model_name": job.model_name} if job.model_name else None
 
@@ -244,12 +244,7 @@ def _check_plan(out: Path, plan: dict[str, Any], resume: bool, overwrite: bool) 
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"output folder {out} is a file; give a folder name")
     existing = out / _PLAN
-    if overwrite:
-        for name in (_PLAN, "store", "shards", *_RUN_FILES):
-            remove_path(out / name)
-        for path in out.glob("*.nc") if out.is_dir() else []:
-            if path.name.startswith(("vectors_", "labels_", "contributions_")):
-                remove_path(path)
+    if overwrite:  # the run goes to a staging folder, swapped in only when complete
         return
     if existing.is_file():
         if not resume:
@@ -301,7 +296,7 @@ def _merge_summaries(parts: list[dict[str, Any]], joined: dict[str, GraphResult]
         for key in ("values", "k", "k_score", "silhouette"):
             if key in entry:
                 entry[key] = {sid: v for part in parts for sid, v in part["graphs"][name].get(key, {}).items()}
-        entry["sites_most_in_agreement"] = _top_sites(joined[name].contributions)
+        entry["sites_most_in_agreement"] = top_sites(joined[name].contributions)
         entry["contributions"] = f"contributions_{name}.nc"
     return summary
 
@@ -388,7 +383,8 @@ def run_analyze(
     resume : bool
         Continue the run in ``out``: only shards that are not complete are run.
     overwrite : bool
-        Remove an earlier run's outputs in ``out`` first.
+        Replace an earlier run in ``out``: the new run is made in a staging folder beside it
+        and swapped in only when complete, so a failed run leaves the earlier one intact.
     retries : int
         Times a shard that raised is retried (a dead worker's shard is always rerun).
     progress : bool
@@ -449,6 +445,34 @@ def run_analyze(
             "model": model if isinstance(model, str) else getattr(model, "__name__", "a loader function"),
             "settings": _settings_json(settings), "probe_options": {k: str(v) for k, v in options.items()}}
     _check_plan(out, plan, resume, overwrite)
+    final = out
+    if overwrite and out.exists():
+        out = partial_name(final)  # the earlier run stays as it is until this one is complete
+        remove_path(out)
+    try:
+        summary = _run_planned(out, final, plan, shards, settings, files, ids, model, weights, workers, scheduler,
+                               client, connect_timeout, keep, options, model_name, layers, batch_size, retries,
+                               progress, device, shard_size)
+        if out != final:
+            replace_dir(out, final, carry=lambda name: not _is_run_output(name))
+    finally:
+        if out != final:
+            remove_path(out)
+    return summary
+
+
+def _is_run_output(name: str) -> bool:
+    """Whether a file name in a run folder belongs to a distributed run (replaced by ``overwrite``)."""
+    return name in (_PLAN, "store", "shards", *_RUN_FILES) or (
+        name.endswith(".nc") and name.startswith(("vectors_", "labels_", "contributions_")))
+
+
+def _run_planned(out: Path, final: Path, plan: dict[str, Any], shards: list[dict[str, Any]],
+                 settings: AnalyzeSettings, files: list[Path], ids: list[str], model: Any, weights: Any,
+                 workers: Any, scheduler: Any, client: Any, connect_timeout: float, keep: str,
+                 options: dict[str, Any], model_name: Any, layers: Any, batch_size: int, retries: int,
+                 progress: bool, device: Any, shard_size: int) -> dict[str, Any]:
+    """Run the planned shards into ``out`` (``final`` itself, or its staging folder) and join them."""
 
     from dask.base import tokenize
 
@@ -471,7 +495,7 @@ def run_analyze(
             tmp.write_text(json.dumps(plan, indent=1) + "\n")
         if keep == "store":
             create_sharded_store(out / "store", ids, shard_size, resume=True,
-                                 metadata={"run": str(out), "model": plan["model"]})
+                                 metadata={"run": str(final), "model": plan["model"]})
         todo = [i for i, s in enumerate(shards) if not shard_done(out, i, s["samples"], keep)]
         logger.info("%d shard(s) of %d image(s) to run, %d already complete", len(todo), len(ids),
                     len(shards) - len(todo))
@@ -488,8 +512,7 @@ def run_analyze(
             client_.close()
         if cluster is not None:
             cluster.close()
-    summary = _finish(out, shards, settings, keep, time.perf_counter() - started, len(todo), setup)
-    return summary
+    return _finish(out, shards, settings, keep, time.perf_counter() - started, len(todo), setup)
 
 
 def _run_jobs(client: Any, jobs: list[ShardJob], retries: int, progress: bool) -> None:

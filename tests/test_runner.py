@@ -117,7 +117,7 @@ def test_sharded_store_of_the_run_decomposes_as_one_file(store_run, single):
 
 
 def test_keep_vectors_writes_no_qkv_and_resume_reruns_only_the_missing_shard(client, files, store_run, tmp_path):
-    from interpret_spectral.runner import run_analyze
+    from interpret_spectral.runner import WorkerSetupError, run_analyze
     from interpret_spectral.store.results import open_decomposition
 
     out = tmp_path / "vectors-only"
@@ -132,6 +132,15 @@ def test_keep_vectors_writes_no_qkv_and_resume_reruns_only_the_missing_shard(cli
     again = run_analyze(files, out, model=tiny_vit, client=client, keep="vectors", resume=True, **OPTIONS)
     assert again["shards_run"] == 1 and again["samples"] == first["samples"]
     assert again["graphs"]["qk"]["values"] == first["graphs"]["qk"]["values"]
+    # overwrite replaces only on success: a run that fails leaves this one as it was
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    with pytest.raises(WorkerSetupError):
+        run_analyze(files, out, model="timm:vit_tiny_patch16_224", client=client, keep="vectors", overwrite=True,
+                    **OPTIONS)
+    assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(out.name + ".partial")] == []
+    replaced = run_analyze(files, out, model=tiny_vit, client=client, keep="vectors", overwrite=True, **OPTIONS)
+    assert replaced["samples"] == first["samples"] and (out / "summary.json").is_file()
 
 
 def test_a_worker_killed_mid_run_loses_no_sample(client, files, tmp_path):

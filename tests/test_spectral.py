@@ -162,7 +162,7 @@ def test_bad_arguments_raise_clear_errors(store):
     with pytest.raises(ValueError, match="graph must be"):
         decompose(store, graph="kv", progress=False)
     with pytest.raises(ValueError, match="solver must be"):
-        decompose(store, solver="power", progress=False)
+        decompose(store, solver="no-such-solver", progress=False)
     with pytest.raises(ValueError, match="precision"):
         decompose(store, progress=False, precision="float16")
     with pytest.raises(TypeError, match="options of solver"):

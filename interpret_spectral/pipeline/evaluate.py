@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from interpret_spectral.pipeline.job import AnalyzeSettings, _bar, _Timer, dataset_kmeans, segment_each
+from interpret_spectral.pipeline.job import AnalyzeSettings, progress_bar, StepTimer, dataset_kmeans, segment_each
 from interpret_spectral.pipeline.outputs import safe_name
 
 __all__ = ["ImageScores", "evaluate_model", "evaluate_labels", "iter_labels", "EVALUATE_OUTPUTS"]
@@ -361,7 +361,7 @@ def evaluate_model(
     ids = folder.ids[: limit or None]
     options = dict(probe_options or {})
     classes = _n_classes(folder, n_classes) if matched else None  # before anything slow
-    timer = _Timer()
+    timer = StepTimer()
     summary: dict[str, Any] = {
         "data": str(folder.root), "model": model_name or "", "graph": kind.name,
         "solver": str(getattr(settings.solver, "name", settings.solver)), "n_components": int(settings.n_components),
@@ -376,7 +376,7 @@ def evaluate_model(
         store_path = (staging or Path(scratch)) / _STORE if matched else None
         grid: tuple[int, int] | None = None
         k_selection = None
-        bar = _bar(None, progress, f"evaluate {kind.name}", total=len(ids))
+        bar = progress_bar(None, progress, f"evaluate {kind.name}", total=len(ids))
         with bar:
             for chunk_ids in _chunks(ids, chunk):
                 samples = [folder[folder.index(sid)] for sid in chunk_ids]
@@ -442,7 +442,7 @@ def _matched(store_path: Path, folder: Any, ids: Sequence[str], kind: Any, setti
     clusters = dataset_kmeans(joint, n_clusters, settings.seed)
     order = [str(s) for s in joint["sample"].values]
     accumulator = ConfusionAccumulator(n_classes, n_clusters=n_clusters, ignore_index=folder.ignore_index)
-    for i, sample_id in enumerate(_bar(order, progress, "matched", total=len(order))):
+    for i, sample_id in enumerate(progress_bar(order, progress, "matched", total=len(order))):
         mask = folder.mask(sample_id)
         accumulator.update(upsample_labels(clusters[i], mask.shape), mask)
     result = accumulator.result(matching=matching)  # type: ignore[arg-type]
@@ -541,7 +541,7 @@ def evaluate_labels(
         raise ValueError(f"limit must be >= 1, got {limit}")
     with _output_folder(Path(out).expanduser() if out is not None else None, overwrite) as staging:
         recorder = _Recorder(staging, figures, write_labels=False, ignore_index=folder.ignore_index)
-        bar = _bar(None, progress, "evaluate labels", total=limit)
+        bar = progress_bar(None, progress, "evaluate labels", total=limit)
         with bar:
             for n, (sample_id, one) in enumerate(iter_labels(labels)):
                 if limit is not None and n >= int(limit):

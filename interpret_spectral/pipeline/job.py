@@ -127,14 +127,33 @@ class GraphResult:
 
 
 @dataclass
-class _Timer:
+class StepTimer:
+    """Seconds spent per named step of a job, summed over calls (for ``summary.json``).
+
+    Examples
+    --------
+    >>> import time
+    >>> timer = StepTimer()
+    >>> timer.add("probe", time.perf_counter())
+    >>> list(timer.seconds)
+    ['probe']
+    """
+
     seconds: dict[str, float] = field(default_factory=dict)
 
     def add(self, name: str, started: float) -> None:
+        """Add the time since ``started`` (a ``time.perf_counter()`` value) to step ``name``."""
         self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 3)
 
 
-def _bar(iterable: Any, progress: bool, desc: str, total: int | None = None) -> Any:
+def progress_bar(iterable: Any, progress: bool, desc: str, total: int | None = None) -> Any:
+    """A labelled tqdm bar over ``iterable`` (hidden when ``progress`` is false).
+
+    Examples
+    --------
+    >>> list(progress_bar(range(3), progress=False, desc="steps"))
+    [0, 1, 2]
+    """
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, disable=not progress, leave=False)
@@ -220,7 +239,7 @@ def segment_each(decomposition: Any, store: Any = None, *, crf: bool = False, pr
         raise ValueError("crf=True refines on the images: pass the store they are in")
     n = decomposition.sizes["sample"]
     parts = []
-    for i in _bar(range(n), progress, desc, total=n):
+    for i in progress_bar(range(n), progress, desc, total=n):
         one = decomposition.isel(sample=[i])
         if crf:
             from interpret_spectral import viz
@@ -240,7 +259,7 @@ def analyze_samples(
     samples: Sequence[int | str] | None = None,
     *,
     progress: bool = True,
-    timer: _Timer | None = None,
+    timer: StepTimer | None = None,
 ) -> dict[str, GraphResult]:
     """The per-image job: decompose, segment and site contributions for every graph kind.
 
@@ -273,7 +292,7 @@ def analyze_samples(
     """
     from interpret_spectral.spectral.decompose import decompose, site_contributions
 
-    timer = timer if timer is not None else _Timer()
+    timer = timer if timer is not None else StepTimer()
     results: dict[str, GraphResult] = {}
     for kind in settings.kinds:
         name = kind.name

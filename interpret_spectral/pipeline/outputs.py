@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from interpret_spectral.pipeline.job import AnalyzeSettings, GraphResult, _bar
+from interpret_spectral.pipeline.job import AnalyzeSettings, GraphResult, progress_bar
 
 __all__ = ["safe_name", "draw_figures", "write_results", "summarize", "draw_overviews"]
 
@@ -61,7 +61,7 @@ def draw_figures(store: Any, result: GraphResult, folder: str | os.PathLike[str]
     ids = [str(s) for s in decomposition["sample"].values]
     n_components = decomposition.sizes["component"]
     meaning = f" ('{result.meaning}')" if result.meaning else ""
-    for i in _bar(range(len(ids)), progress, f"figures {name}", total=len(ids)):
+    for i in progress_bar(range(len(ids)), progress, f"figures {name}", total=len(ids)):
         image = viz.store_image(store, ids[i])
         stem = safe_name(ids[i])
         written.append(folder / f"{stem}_eigenvectors_{name}.png")
@@ -92,8 +92,17 @@ def write_results(folder: str | os.PathLike[str], results: dict[str, GraphResult
     return written
 
 
-def _top_sites(contributions: Any, count: int = 3) -> list[dict[str, Any]]:
-    """The sites whose graphs agree most with the solution (mean Rayleigh quotient)."""
+def top_sites(contributions: Any, count: int = 3) -> list[dict[str, Any]]:
+    """The sites whose graphs agree most with the solution (mean Rayleigh quotient).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> c = xr.DataArray(np.array([[0.1, 0.2], [0.9, 0.8]]), dims=("site", "component"),
+    ...                  coords={"site": ["a", "b"]})
+    >>> top_sites(c, count=1)
+    [{'site': 'b', 'rayleigh_quotient': 0.85}]
+    """
     per_site = contributions.mean(dim=[d for d in contributions.dims if d != "site"], skipna=True)
     order = np.argsort(-per_site.values)[:count]
     names = [str(s) for s in per_site["site"].values]
@@ -162,7 +171,7 @@ def summarize(store: Any, settings: AnalyzeSettings, results: dict[str, GraphRes
         for score in ("k_score", "silhouette"):
             if score in labels.coords:
                 entry[score] = _per_sample(labels, score, result_ids)
-        entry["sites_most_in_agreement"] = _top_sites(result.contributions)
+        entry["sites_most_in_agreement"] = top_sites(result.contributions)
         summary["graphs"][name] = entry
     return summary
 
@@ -180,7 +189,7 @@ def draw_overviews(store: Any, results: dict[str, GraphResult], folder: Path, st
         name: f"{name.upper()} ('{r.meaning}')" if r.meaning else name.upper() for name, r in results.items()
     }
     written = []
-    for i in _bar(range(len(ids)), progress, "overview", total=len(ids)):
+    for i in progress_bar(range(len(ids)), progress, "overview", total=len(ids)):
         path = folder / "figures" / f"{safe_name(ids[i])}_overview.png"
         viz.plot_overview(
             viz.store_image(store, ids[i]),

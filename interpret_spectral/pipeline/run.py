@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 
-from interpret_spectral.pipeline.job import AnalyzeSettings, _Timer, analyze_samples
+from interpret_spectral.pipeline.job import AnalyzeSettings, StepTimer, analyze_samples
 from interpret_spectral.pipeline.outputs import draw_figures, draw_overviews, summarize, write_results
 from interpret_spectral.pipeline.run_folder import run_folder
 
@@ -141,7 +141,7 @@ def analyze(
         k_range=k_range, k_method=k_method, crf=crf, device=device,
     )
     out = Path(out).expanduser()
-    timer = _Timer()
+    timer = StepTimer()
     options = dict(probe_options or {})
     if timesteps is not None:
         options["timesteps"] = list(timesteps)

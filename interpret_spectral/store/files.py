@@ -42,7 +42,7 @@ MAX_UNNAMED_ROWS = 65536
 _LOCK_ERRNOS = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES}
 
 
-def array_filters(compression: str | None = "gzip", level: int = 4) -> dict[str, Any]:
+def array_filters(compression: str | None = None, level: int = 4) -> dict[str, Any]:
     """h5py dataset options of a store array: Fletcher-32, and compression with shuffle.
 
     Parameters
@@ -61,13 +61,13 @@ def array_filters(compression: str | None = "gzip", level: int = 4) -> dict[str,
     """
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level <= 9:
+        raise ValueError(f"compression_level must be a whole number 0-9 (used by gzip), got {level!r}")
     options: dict[str, Any] = {"fletcher32": True}
     if compression is None:
         return options
     options.update(compression=compression, shuffle=True)
     if compression == "gzip":
-        if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level <= 9:
-            raise ValueError(f"compression_level must be a whole number 0-9 for gzip, got {level!r}")
         options["compression_opts"] = int(level)
     return options
 
