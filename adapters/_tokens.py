@@ -1,4 +1,4 @@
-"""Helpers the built-in adapters share: token layouts, single tap values, head splitting.
+"""Helpers the built-in adapters share: token layouts, capture checks, tap values, head splitting.
 
 Every adapter that reads a plain sequence of tokens (``path``, ``torch-mha``,
 ``transformer-lens``) places them with :func:`token_layout`: leading special tokens
@@ -15,9 +15,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from interpret_spectral.capture.contract import Tap, split_heads
+from interpret_spectral.capture.contract import AttentionSite, Tap, split_heads
 
-__all__ = ["token_layout", "special_token_kinds", "single_value", "heads_first"]
+__all__ = ["token_layout", "special_token_kinds", "check_capture", "single_value", "check_token_counts", "heads_first"]
+
+#: What every built-in adapter can capture.
+CAPTURABLE = ("q", "k", "v", "features")
 
 
 def token_layout(
@@ -128,6 +131,21 @@ def special_token_kinds(special_tokens: int | Sequence[str]) -> tuple[str, ...]:
     raise TypeError(f"special_tokens must be an int or a sequence of token kinds, got {special_tokens!r}")
 
 
+def check_capture(capture: Sequence[str], adapter: str) -> None:
+    """Refuse a ``capture`` list naming anything but ``q``, ``k``, ``v`` and ``features``.
+
+    Examples
+    --------
+    >>> check_capture(["q", "v"], "path")
+    >>> check_capture(["attn"], "path")
+    Traceback (most recent call last):
+    ValueError: the path adapter captures q, k, v and features, not ['attn']
+    """
+    unknown = set(capture) - set(CAPTURABLE)
+    if unknown:
+        raise ValueError(f"the {adapter} adapter captures q, k, v and features, not {sorted(unknown)}")
+
+
 def single_value(tapped: Mapping[str, list[torch.Tensor]], tap: Tap, adapter: str) -> torch.Tensor:
     """The one value a tap recorded in a forward pass; a clear error when it fired more often.
 
@@ -143,6 +161,39 @@ def single_value(tapped: Mapping[str, list[torch.Tensor]], tap: Tap, adapter: st
             f"the {adapter} adapter expects each attention module to run exactly once"
         )
     return values[0]
+
+
+def check_token_counts(
+    site: AttentionSite,
+    values: Mapping[str, torch.Tensor],
+    hint: str = "were the inputs of another size than the batch the sites were made from?",
+) -> None:
+    """Refuse assembled values whose token axis (``-2``) does not hold the site's tokens.
+
+    Parameters
+    ----------
+    site : AttentionSite
+    values : mapping of str to torch.Tensor
+        What :meth:`~interpret_spectral.capture.contract.Adapter.assemble` returns.
+    hint : str
+        The likely cause, ending the message.
+
+    Examples
+    --------
+    >>> site = AttentionSite("a", "a", 0, 1, 4, 0.5, (2, 2), ("cls",) + ("patch",) * 4)
+    >>> check_token_counts(site, {"q": torch.zeros(1, 1, 5, 4)})
+    >>> check_token_counts(site, {"q": torch.zeros(1, 1, 9, 4)})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    RuntimeError: site 'a': q has 9 tokens but the site expects 5 (2x2 patches and 1 special tokens); were ...
+    """
+    for name, value in values.items():
+        tokens = int(value.shape[-2])
+        if tokens != site.num_tokens:
+            raise RuntimeError(
+                f"site {site.name!r}: {name} has {tokens} tokens but the site expects {site.num_tokens} "
+                f"({site.grid[0]}x{site.grid[1]} patches and {site.num_tokens - site.grid[0] * site.grid[1]} "
+                f"special tokens); {hint}"
+            )
 
 
 def heads_first(value: torch.Tensor, num_heads: int, what: str) -> torch.Tensor:

@@ -67,9 +67,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from interpret_spectral.adapters._tokens import heads_first
+from interpret_spectral.adapters._tokens import check_capture, check_token_counts, heads_first
 from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap
-from interpret_spectral.capture.preprocess import preprocess_images
+from interpret_spectral.capture.preprocess import preprocess_images, size_pair
 from interpret_spectral.capture.registry import register_adapter
 
 __all__ = ["DiffusersUNetAdapter"]
@@ -292,17 +292,12 @@ class DiffusersUNetAdapter(Adapter):
         return 2 ** (len(self.pipeline.vae.config.block_out_channels) - 1)
 
     def _image_size(self, image_size: int | Sequence[int] | None) -> tuple[int, int]:
-        if image_size is None:
-            size = self.unet.config.sample_size
-            size = (size, size) if isinstance(size, int) else tuple(size)
-            pair = (int(size[0]) * self._vae_factor(), int(size[1]) * self._vae_factor())
-        elif isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
-            pair = (int(image_size), int(image_size))
-        elif isinstance(image_size, Sequence) and len(image_size) == 2:
-            pair = (int(image_size[0]), int(image_size[1]))
-        else:
-            raise TypeError(f"image_size must be an int or a (height, width) pair, got {image_size!r}")
         factor = self._vae_factor()
+        if image_size is None:
+            latent = size_pair(self.unet.config.sample_size, "the UNet's sample_size")
+            pair = (latent[0] * factor, latent[1] * factor)
+        else:
+            pair = size_pair(image_size, "image_size")
         if pair[0] % factor or pair[1] % factor:
             raise ValueError(f"image_size {pair} must be a multiple of the VAE's downscaling factor {factor}")
         return pair
@@ -476,9 +471,7 @@ class DiffusersUNetAdapter(Adapter):
 
     def taps(self, site: AttentionSite, capture: Sequence[str]) -> list[Tap]:
         """``to_q``/``to_k`` (or ``norm_q``/``norm_k``), ``to_v`` outputs, and the block output for features."""
-        unknown = set(capture) - {"q", "k", "v", "features"}
-        if unknown:
-            raise ValueError(f"the diffusers adapter captures q, k, v and features, not {sorted(unknown)}")
+        check_capture(capture, self.name)
         if site.module not in self._attention:
             raise KeyError(f"site {site.name!r} is not a self-attention module of this UNet")
         taps = []
@@ -511,11 +504,7 @@ class DiffusersUNetAdapter(Adapter):
             else:
                 steps = [heads_first(v, site.num_heads, f"{name} of {site.name!r}") for v in values]
             out[name] = torch.stack(steps, dim=1)
-            if out[name].shape[-2] != site.num_tokens:
-                raise RuntimeError(
-                    f"site {site.name!r}: {name} has {out[name].shape[-2]} tokens, the {site.grid[0]}x{site.grid[1]} "
-                    "grid expects another number; were the inputs of another size than the batch of the sites?"
-                )
+        check_token_counts(site, out)
         return out
 
     def output_tap(self, site: AttentionSite) -> Tap:

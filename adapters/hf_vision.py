@@ -49,9 +49,11 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from interpret_spectral.adapters._tokens import single_value
+from interpret_spectral.adapters._tokens import check_capture, check_token_counts, single_value
 from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap, split_heads
-from interpret_spectral.capture.preprocess import RESIZE_MODES, preprocess_images, size_pair, warn_size_differs
+from interpret_spectral.capture.preprocess import (
+    check_patch_multiple, image_batch_size, preprocess_images, resolve_image_size, warn_size_differs,
+)
 from interpret_spectral.capture.registry import register_adapter
 
 __all__ = ["HFVisionAdapter"]
@@ -159,21 +161,11 @@ class HFVisionAdapter(Adapter):
         self.config = self.encoder.config
         self.patch_size = _pair(self.config.patch_size)
         (default_mean, default_std), self.resample, default_size = _FAMILIES[self.family]
-        size = image_size if image_size is not None else (default_size or self.config.image_size)
-        if resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         self.resize = resize
         self._warned: set[tuple[int, int]] = set()
-        if resize == "short_side":
-            if image_size is None:
-                size = min(_pair(size))
-            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-                raise TypeError(f"resize='short_side' takes image_size as one positive int (the short side), got {size!r}")
-            self.image_size: int | tuple[int, int] = int(size)
-            self._check_size((int(size), int(size)))
-        else:
-            self.image_size = size_pair(size, "image_size")
-            self._check_size(self.image_size)
+        self.image_size: int | tuple[int, int] = resolve_image_size(
+            image_size, resize, _pair(default_size or self.config.image_size), self.patch_size
+        )
         self.mean = self._channels(default_mean if mean is None else mean, "mean")
         self.std = self._channels(default_std if std is None else std, "std")
         if np.any(self.std <= 0):
@@ -220,36 +212,16 @@ class HFVisionAdapter(Adapter):
         return info
 
     # -- inputs -----------------------------------------------------------------------
-    def _check_size(self, size: tuple[int, int]) -> None:
-        if size[0] % self.patch_size[0] or size[1] % self.patch_size[1]:
-            raise ValueError(
-                f"input size {size[0]}x{size[1]} is not a multiple of the patch size "
-                f"{self.patch_size[0]}x{self.patch_size[1]}; use e.g. "
-                f"image_size={max(1, round(size[0] / self.patch_size[0])) * self.patch_size[0]}"
-            )
-
     def _batch_size(self, batch: Any) -> tuple[int, int]:
-        if not isinstance(batch, torch.Tensor) or batch.ndim != 4:
-            shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
-            raise TypeError(f"a vision encoder takes a (B, C, H, W) pixel tensor, got {shape}")
-        size = (int(batch.shape[-2]), int(batch.shape[-1]))
-        self._check_size(size)
+        size = image_batch_size(batch, self.family, getattr(self.config, "num_channels", None))
+        check_patch_multiple(size, self.patch_size)
         return size
 
     def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
-        """Resize whole images (``image_size``, ``resize``) and normalise them.
+        """``(B, 3, H, W)`` float32 batch of whole PIL images, resized (``image_size``, ``resize``) and normalised.
 
-        The whole image is resized (no centre crop), so that every token maps onto the
-        image stored in the store's ``pixels``.
-
-        Parameters
-        ----------
-        images : sequence of PIL.Image.Image
-
-        Returns
-        -------
-        torch.Tensor
-            ``(B, 3, H, W)`` float32.
+        :func:`~interpret_spectral.capture.preprocess.preprocess_images` with the family's
+        interpolation and the adapter's ``mean`` and ``std``.
 
         Examples
         --------
@@ -291,9 +263,7 @@ class HFVisionAdapter(Adapter):
         height, width = self._batch_size(batch)
         kwargs: dict[str, Any] = {}
         configured = _pair(self.config.image_size)
-        if (height, width) != configured and (height, width) not in self._warned:
-            self._warned.add((height, width))
-            warn_size_differs(self.family, configured, (height, width))
+        warn_size_differs(self.family, configured, (height, width), self._warned)
         if (height, width) != configured and "interpolate_pos_encoding" in inspect.signature(
             self.encoder.forward
         ).parameters:
@@ -378,9 +348,7 @@ class HFVisionAdapter(Adapter):
         >>> [t.key for t in adapter.taps(adapter.sites(torch.zeros(1, 3, 32, 32))[0], ["v", "features"])]
         ['layers.0.attention.v_proj:output', 'layers.0:output']
         """
-        unknown = set(capture) - {"q", "k", "v", "features"}
-        if unknown:
-            raise ValueError(f"the hf-vision adapter captures q, k, v and features, not {sorted(unknown)}")
+        check_capture(capture, self.name)
         taps = [Tap(f"{site.module}.{name}_proj") for name in ("q", "k", "v") if name in capture]
         if "features" in capture:
             taps.append(Tap(site.module.rsplit(".", 1)[0]))
@@ -396,12 +364,7 @@ class HFVisionAdapter(Adapter):
                 out[name] = split_heads(single_value(tapped, Tap(f"{site.module}.{name}_proj"), "hf-vision"), site.num_heads)
         if "features" in capture:
             out["features"] = single_value(tapped, Tap(site.module.rsplit(".", 1)[0]), "hf-vision")
-        for name, value in out.items():
-            if value.shape[-2] != site.num_tokens:
-                raise RuntimeError(
-                    f"site {site.name!r}: {name} has {value.shape[-2]} tokens but the site expects "
-                    f"{site.num_tokens}; was the model run on inputs of another size?"
-                )
+        check_token_counts(site, out, "was the model run on inputs of another size?")
         return out
 
     def output_tap(self, site: AttentionSite) -> Tap:

@@ -41,7 +41,9 @@ from typing import Any
 
 import torch
 
-from interpret_spectral.adapters._tokens import single_value, special_token_kinds, token_layout
+from interpret_spectral.adapters._tokens import (
+    check_capture, check_token_counts, single_value, special_token_kinds, token_layout,
+)
 from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap, check_scale
 from interpret_spectral.capture.registry import register_adapter
 
@@ -267,9 +269,7 @@ class TransformerLensAdapter(Adapter):
 
     def taps(self, site: AttentionSite, capture: Sequence[str]) -> list[Tap]:
         """The hook points of ``q``, ``k``, ``v`` (rotary: ``hook_rot_q|k``) and the block output."""
-        unknown = set(capture) - {"q", "k", "v", "features"}
-        if unknown:
-            raise ValueError(f"the transformer-lens adapter captures q, k, v and features, not {sorted(unknown)}")
+        check_capture(capture, self.name)
         if site.module not in self._read:
             raise KeyError(f"site {site.name!r} is not one of this adapter's sites; call sites(batch) first")
         taps = [Tap(self._read[site.module][part]) for part in ("q", "k", "v") if part in capture]
@@ -298,12 +298,7 @@ class TransformerLensAdapter(Adapter):
             out[part] = value
         if "features" in capture:
             out["features"] = single_value(tapped, Tap(self._features_hook(site)), "transformer-lens")
-        for name, value in out.items():
-            if value.shape[-2] != site.num_tokens:
-                raise RuntimeError(
-                    f"site {site.name!r}: {name} has {value.shape[-2]} tokens, the site {site.num_tokens}; "
-                    "were the inputs of another length than the batch the sites were made from?"
-                )
+        check_token_counts(site, out, "were the inputs of another length than the batch the sites were made from?")
         return out
 
     def output_tap(self, site: AttentionSite) -> Tap:

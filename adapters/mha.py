@@ -54,7 +54,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from interpret_spectral.adapters._tokens import single_value, special_token_kinds, token_layout
+from interpret_spectral.adapters._tokens import (
+    check_capture, check_token_counts, single_value, special_token_kinds, token_layout,
+)
 from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap, split_heads
 from interpret_spectral.capture.registry import register_adapter
 
@@ -256,9 +258,7 @@ class MultiheadAttentionAdapter(Adapter):
         >>> [t.key for t in adapter.taps(adapter.sites(torch.zeros(1, 4, 8))[0], ["q", "k"])]
         [':input']
         """
-        unknown = set(capture) - {"q", "k", "v", "features"}
-        if unknown:
-            raise ValueError(f"the torch-mha adapter captures q, k, v and features, not {sorted(unknown)}")
+        check_capture(capture, self.name)
         taps = []
         if {"q", "k", "v"} & set(capture):
             taps.append(Tap(site.module, "input"))
@@ -301,12 +301,7 @@ class MultiheadAttentionAdapter(Adapter):
                         out[name] = split_heads(projected, site.num_heads)
         if "features" in capture:
             out["features"] = self._batch_first(single_value(tapped, Tap(site.module, "output"), "torch-mha"), module)
-        for name, value in out.items():
-            if value.shape[-2] != site.num_tokens:
-                raise RuntimeError(
-                    f"site {site.name!r}: {name} has {value.shape[-2]} tokens, the site {site.num_tokens}; "
-                    "were the inputs of another size than the batch the sites were made from?"
-                )
+        check_token_counts(site, out)
         return out
 
     def output_tap(self, site: AttentionSite) -> Tap:

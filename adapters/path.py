@@ -50,7 +50,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from interpret_spectral.adapters._tokens import heads_first, single_value, special_token_kinds, token_layout
+from interpret_spectral.adapters._tokens import (
+    check_capture, check_token_counts, heads_first, single_value, special_token_kinds, token_layout,
+)
 from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap, check_scale
 from interpret_spectral.capture.registry import register_adapter
 
@@ -340,9 +342,7 @@ class PathAdapter(Adapter):
 
     def taps(self, site: AttentionSite, capture: Sequence[str]) -> list[Tap]:
         """The q, k, v (or qkv) module outputs, and the features module, for ``capture``."""
-        unknown = set(capture) - {"q", "k", "v", "features"}
-        if unknown:
-            raise ValueError(f"the path adapter captures q, k, v and features, not {sorted(unknown)}")
+        check_capture(capture, self.name)
         layer = self._layer(site)
         taps: list[Tap] = []
         for part in ("q", "k", "v"):
@@ -374,12 +374,7 @@ class PathAdapter(Adapter):
                 ].transpose(1, 2)
         if "features" in capture:
             out["features"] = single_value(tapped, Tap(layer["features"]), "path")
-        for name, value in out.items():
-            if value.shape[-2] != site.num_tokens:
-                raise RuntimeError(
-                    f"site {site.name!r}: {name} has {value.shape[-2]} tokens, the site {site.num_tokens}; "
-                    "were the inputs of another size than the batch the sites were made from?"
-                )
+        check_token_counts(site, out)
         return out
 
     def output_tap(self, site: AttentionSite) -> Tap:

@@ -33,27 +33,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import sys
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from interpret_spectral.adapters._tokens import single_value
 from interpret_spectral.adapters.timm_vit import TimmViTAdapter
 from interpret_spectral.capture.contract import AttentionSite, Tap
 from interpret_spectral.capture.preprocess import warn_size_differs
 from interpret_spectral.capture.registry import register_adapter
 
 __all__ = ["TimmEvaAdapter"]
-
-
-def _attention_classes() -> tuple[type, ...]:
-    from timm.layers import AttentionRope
-    from timm.models.eva import EvaAttention
-
-    return EvaAttention, AttentionRope
 
 
 @register_adapter("timm-eva")
@@ -80,41 +72,26 @@ class TimmEvaAdapter(TimmViTAdapter):
 
     #: Tried before generic adapters by ``adapter="auto"``.
     priority: ClassVar[int] = 10
-
-    def __init__(
-        self,
-        model: Any,
-        image_size: int | Sequence[int] | None = None,
-        resize: Literal["square", "short_side"] = "square",
-        *,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        **options: Any,
-    ) -> None:
-        super().__init__(model, image_size, resize, mean=mean, std=std, **options)
-        self._rope: dict[str, list[torch.Tensor | None]] = {}
+    _accepts: ClassVar[str] = "a timm Eva whose blocks use EvaAttention or AttentionRope"
+    #: The ``rope`` argument of each attention module, kept by :meth:`forward_context` for one batch.
+    _rope: Mapping[str, list[torch.Tensor | None]] = MappingProxyType({})
 
     # -- identification ---------------------------------------------------------------
     @classmethod
-    def matches(cls, model: Any) -> bool:
-        """Whether ``model`` is a timm ``Eva`` whose blocks use ``EvaAttention`` or ``AttentionRope``.
+    def _timm_classes(cls) -> tuple[type, tuple[type, ...]]:
+        """``Eva``, whose blocks use ``EvaAttention`` or ``AttentionRope``.
 
         Examples
         --------
+        >>> TimmEvaAdapter._timm_classes()[0].__name__
+        'Eva'
         >>> TimmEvaAdapter.matches(torch.nn.Linear(2, 2))
         False
         """
-        if "timm" not in sys.modules or not isinstance(model, torch.nn.Module):
-            return False
-        from timm.models.eva import Eva
+        from timm.layers import AttentionRope
+        from timm.models.eva import Eva, EvaAttention
 
-        blocks = getattr(model, "blocks", None)
-        return (
-            isinstance(model, Eva)
-            and isinstance(blocks, torch.nn.ModuleList | torch.nn.Sequential)
-            and len(blocks) > 0
-            and all(isinstance(getattr(block, "attn", None), _attention_classes()) for block in blocks)
-        )
+        return Eva, (EvaAttention, AttentionRope)
 
     def describe(self) -> dict[str, Any]:
         """Root attributes of ``timm-vit``, plus whether q and k are rotated (``rotary``).
@@ -142,16 +119,14 @@ class TimmEvaAdapter(TimmViTAdapter):
                     f"its rotary embedding for that grid; got {size[0]}x{size[1]}. Feed {native[0]}x{native[1]} "
                     "inputs (the adapter's default image_size), or create the model with dynamic_img_size=True"
                 )
-            if size not in self._warned:
-                self._warned.add(size)
-                warn_size_differs(f"timm {type(self.model).__name__}", native, size)
-        self._rope = {}
+            warn_size_differs(f"timm {type(self.model).__name__}", native, size, self._warned)
+        kept: dict[str, list[torch.Tensor | None]] = {}
+        self._rope = kept
         handles = []
         try:
             for order, block in enumerate(self.model.blocks):
-                path = f"blocks.{order}.attn"
-                self._rope[path] = []
-                hook = functools.partial(_keep_rope, kept=self._rope[path])
+                kept[f"blocks.{order}.attn"] = []
+                hook = functools.partial(_keep_rope, kept=kept[f"blocks.{order}.attn"])
                 handles.append(block.attn.register_forward_pre_hook(hook, with_kwargs=True))
             yield
         finally:
@@ -159,8 +134,8 @@ class TimmEvaAdapter(TimmViTAdapter):
                 handle.remove()
 
     # -- sites and reading ------------------------------------------------------------
-    def taps(self, site: AttentionSite, capture: Sequence[str]) -> list[Tap]:
-        """Taps in execution order: the attention input, ``q_norm`` and ``k_norm`` outputs, the block output.
+    def _sources(self, site: AttentionSite) -> dict[str, Tap]:
+        """Those of ``timm-vit``, but ``v`` is recomputed from the attention input.
 
         Examples
         --------
@@ -169,45 +144,21 @@ class TimmEvaAdapter(TimmViTAdapter):
         >>> [t.key for t in adapter.taps(adapter.sites(torch.zeros(1, 3, 32, 32))[0], ["q", "v"])]
         ['blocks.0.attn:input', 'blocks.0.attn.q_norm:output']
         """
-        unknown = set(capture) - {"q", "k", "v", "features"}
-        if unknown:
-            raise ValueError(f"the timm-eva adapter captures q, k, v and features, not {sorted(unknown)}")
-        taps = []
-        if "v" in capture:
-            taps.append(Tap(site.module, "input"))
-        taps.extend(Tap(f"{site.module}.{name}_norm") for name in ("q", "k") if name in capture)
-        if "features" in capture:
-            taps.append(Tap(self._block(site)))
-        return taps
+        return {**super()._sources(site), "v": Tap(site.module, "input")}
 
-    def assemble(
-        self, site: AttentionSite, tapped: Mapping[str, list[torch.Tensor]], capture: Sequence[str]
-    ) -> dict[str, torch.Tensor]:
-        """``q``/``k`` from the q/k norms, rotated with the kept ``rope``; ``v`` from the attention input."""
+    def _finish(self, site: AttentionSite, read: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``q``/``k`` rotated with the kept ``rope``; ``v`` from the attention input; key/value groups expanded."""
         attn = self.model.get_submodule(site.module)
         groups = int(getattr(attn, "num_kv_groups", 1))
-        out: dict[str, torch.Tensor] = {}
-        if "v" in capture:
-            x = single_value(tapped, Tap(site.module, "input"), "timm-eva")
-            out["v"] = _value(attn, x).repeat_interleave(groups, dim=1)
-        if {"q", "k"} & set(capture):
-            rope = self._kept_rope(site)
-            for name in ("q", "k"):
-                if name not in capture:
-                    continue
-                value = single_value(tapped, Tap(f"{site.module}.{name}_norm"), "timm-eva")
-                if rope is not None:
-                    value = _rotate(attn, value, rope)
-                out[name] = value.repeat_interleave(groups, dim=1) if name == "k" else value
-        if "features" in capture:
-            out["features"] = single_value(tapped, Tap(self._block(site)), "timm-eva")
-        for name, value in out.items():
-            if value.shape[-2] != site.num_tokens:
-                raise RuntimeError(
-                    f"site {site.name!r}: {name} has {value.shape[-2]} tokens but the site expects {site.num_tokens}; "
-                    "was the model run on inputs of another size, or with patch dropout in train mode?"
-                )
-        return out
+        if "v" in read:
+            read["v"] = _value(attn, read["v"]).repeat_interleave(groups, dim=1)
+        rope = self._kept_rope(site) if {"q", "k"} & set(read) else None
+        for name in ("q", "k"):
+            if name not in read:
+                continue
+            value = read[name] if rope is None else _rotate(attn, read[name], rope)
+            read[name] = value.repeat_interleave(groups, dim=1) if name == "k" else value
+        return read
 
     def _kept_rope(self, site: AttentionSite) -> torch.Tensor | None:
         kept = self._rope.get(site.module, [])

@@ -43,9 +43,11 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from interpret_spectral.adapters._tokens import single_value
+from interpret_spectral.adapters._tokens import CAPTURABLE, check_capture, check_token_counts, single_value
 from interpret_spectral.capture.contract import Adapter, AttentionSite, Tap
-from interpret_spectral.capture.preprocess import RESIZE_MODES, preprocess_images, size_pair, warn_size_differs
+from interpret_spectral.capture.preprocess import (
+    check_patch_multiple, image_batch_size, preprocess_images, resolve_image_size, warn_size_differs,
+)
 from interpret_spectral.capture.registry import register_adapter
 
 __all__ = ["TimmViTAdapter"]
@@ -93,6 +95,8 @@ class TimmViTAdapter(Adapter):
 
     #: Tried before generic adapters by ``adapter="auto"``.
     priority: ClassVar[int] = 10
+    #: What :meth:`matches` accepts, for the message when it does not hold.
+    _accepts: ClassVar[str] = "a timm VisionTransformer whose blocks use timm.layers.Attention"
 
     def __init__(
         self,
@@ -109,27 +113,20 @@ class TimmViTAdapter(Adapter):
         self.std = None if std is None else tuple(float(s) for s in std)
         if not self.matches(model):
             raise TypeError(
-                f"the timm-vit adapter needs a timm VisionTransformer whose blocks use timm.layers.Attention, "
+                f"the {self.name} adapter needs {self._accepts}, "
                 f"got {type(model).__name__}; pick another adapter (adapter='auto' lists them)"
             )
-        if resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         self.resize = resize
         self._warned: set[tuple[int, int]] = set()
-        if resize == "short_side":
-            short = min(self._native_size()) if image_size is None else image_size
-            if isinstance(short, bool) or not isinstance(short, int) or short < 1:
-                raise TypeError(f"resize='short_side' takes image_size as one positive int (the short side), got {short!r}")
-            self.image_size: int | tuple[int, int] = short
-            self._check_size((short, short))
-        else:
-            self.image_size = size_pair(image_size, "image_size") if image_size is not None else self._native_size()
-            self._check_size(self.image_size)
+        default = self._native_size() if image_size is None else image_size
+        self.image_size: int | tuple[int, int] = resolve_image_size(image_size, resize, default, self._size_multiple())
 
     # -- identification ---------------------------------------------------------------
     @classmethod
     def matches(cls, model: Any) -> bool:
         """Whether ``model`` is a timm ``VisionTransformer`` with ``timm.layers.Attention`` blocks.
+
+        (For a subclass adapter: a model of its :meth:`_timm_classes`.)
 
         Examples
         --------
@@ -138,16 +135,22 @@ class TimmViTAdapter(Adapter):
         """
         if "timm" not in sys.modules or not isinstance(model, torch.nn.Module):
             return False
+        model_class, attention_classes = cls._timm_classes()
+        blocks = getattr(model, "blocks", None)
+        return (
+            isinstance(model, model_class)
+            and isinstance(blocks, torch.nn.ModuleList | torch.nn.Sequential)
+            and len(blocks) > 0
+            and all(isinstance(getattr(block, "attn", None), attention_classes) for block in blocks)
+        )
+
+    @classmethod
+    def _timm_classes(cls) -> tuple[type, tuple[type, ...]]:
+        """The model class and the attention classes of its blocks that this adapter reads."""
         from timm.layers import Attention
         from timm.models.vision_transformer import VisionTransformer
 
-        blocks = getattr(model, "blocks", None)
-        return (
-            isinstance(model, VisionTransformer)
-            and isinstance(blocks, torch.nn.Sequential)
-            and len(blocks) > 0
-            and all(isinstance(getattr(block, "attn", None), Attention) for block in blocks)
-        )
+        return VisionTransformer, (Attention,)
 
     def describe(self) -> dict[str, Any]:
         """Root attributes: model class, adapter, timm architecture and pretrained tag when known.
@@ -177,32 +180,20 @@ class TimmViTAdapter(Adapter):
             raise ValueError("this timm model has no fixed image size; pass image_size= to the adapter")
         return int(img_size[0]), int(img_size[1])
 
-    def _check_size(self, size: tuple[int, int]) -> None:
+    def _patch_size(self) -> tuple[int, int]:
         patch = self.model.patch_embed.patch_size
-        if getattr(self.model.patch_embed, "dynamic_img_pad", False):
-            return
-        if size[0] % patch[0] or size[1] % patch[1]:
-            raise ValueError(
-                f"input size {size[0]}x{size[1]} is not a multiple of the patch size {patch[0]}x{patch[1]}; "
-                f"use e.g. image_size={max(1, round(size[0] / patch[0])) * patch[0]}"
-            )
+        return int(patch[0]), int(patch[1])
+
+    def _size_multiple(self) -> tuple[int, int]:
+        """What input sizes must be a multiple of: the patch size, unless the model pads its inputs."""
+        return (1, 1) if getattr(self.model.patch_embed, "dynamic_img_pad", False) else self._patch_size()
 
     def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
-        """Resize whole images (``image_size``, ``resize``) and normalise them with the model's mean/std.
+        """``(B, 3, H, W)`` float32 batch of whole PIL images, resized (``image_size``, ``resize``) and normalised.
 
-        The whole image is resized (no centre crop), so that every token maps onto the
-        image stored in the store's ``pixels``.  Interpolation, mean and std come from
-        the model's ``pretrained_cfg`` (``timm.data.resolve_model_data_config``), unless
-        ``mean``/``std`` were given.
-
-        Parameters
-        ----------
-        images : sequence of PIL.Image.Image
-
-        Returns
-        -------
-        torch.Tensor
-            ``(B, 3, H, W)`` float32.
+        :func:`~interpret_spectral.capture.preprocess.preprocess_images` with the
+        interpolation, mean and std of the model's ``pretrained_cfg``
+        (``timm.data.resolve_model_data_config``), unless ``mean``/``std`` were given.
 
         Examples
         --------
@@ -222,7 +213,7 @@ class TimmViTAdapter(Adapter):
             images, self.image_size,
             config["mean"] if self.mean is None else self.mean, config["std"] if self.std is None else self.std,
             interpolation=interpolation if interpolation in ("bicubic", "bilinear", "nearest", "lanczos") else "bicubic",
-            resize=self.resize, multiple=tuple(int(p) for p in self.model.patch_embed.patch_size),
+            resize=self.resize, multiple=self._patch_size(),
         )
 
     def call_args(self, batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -234,9 +225,7 @@ class TimmViTAdapter(Adapter):
         """Interpolate position embeddings while a batch of a new size runs (restored on every exit)."""
         size = self._batch_size(batch)
         native = self._native_size()
-        if size != native and size not in self._warned:
-            self._warned.add(size)
-            warn_size_differs(f"timm {type(self.model).__name__}", native, size)
+        warn_size_differs(f"timm {type(self.model).__name__}", native, size, self._warned)
         if size == native or self._dynamic_now():
             return contextlib.nullcontext()
         if not hasattr(self.model, "dynamic_img_size"):
@@ -246,19 +235,9 @@ class TimmViTAdapter(Adapter):
         return _DynamicSize(self.model)
 
     def _batch_size(self, batch: Any) -> tuple[int, int]:
-        if not isinstance(batch, torch.Tensor) or batch.ndim != 4:
-            shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
-            raise TypeError(f"a timm ViT takes a (B, C, H, W) image tensor, got {shape}")
-        proj = getattr(self.model.patch_embed, "proj", None)
-        channels = getattr(proj, "in_channels", None)
-        if channels is not None and int(batch.shape[1]) != int(channels):
-            raise ValueError(
-                f"the batch has {int(batch.shape[1])} channels but {type(self.model).__name__} takes {channels} "
-                f"(batch shape {tuple(batch.shape)}); give (B, {channels}, H, W) tensors, e.g. repeat a grayscale "
-                "channel, or pass images and let the adapter preprocess them"
-            )
-        size = (int(batch.shape[-2]), int(batch.shape[-1]))
-        self._check_size(size)
+        channels = getattr(getattr(self.model.patch_embed, "proj", None), "in_channels", None)
+        size = image_batch_size(batch, type(self.model).__name__, channels)
+        check_patch_multiple(size, self._size_multiple())
         return size
 
     def _dynamic_now(self) -> bool:
@@ -333,44 +312,37 @@ class TimmViTAdapter(Adapter):
         >>> [t.key for t in adapter.taps(adapter.sites(torch.zeros(1, 3, 32, 32))[0], ["q", "v"])]
         ['blocks.0.attn.qkv:output', 'blocks.0.attn.q_norm:output']
         """
-        unknown = set(capture) - {"q", "k", "v", "features"}
-        if unknown:
-            raise ValueError(f"the timm-vit adapter captures q, k, v and features, not {sorted(unknown)}")
-        taps = []
-        if "v" in capture:
-            taps.append(Tap(f"{site.module}.qkv"))
-        if "q" in capture:
-            taps.append(Tap(f"{site.module}.q_norm"))
-        if "k" in capture:
-            taps.append(Tap(f"{site.module}.k_norm"))
-        if "features" in capture:
-            taps.append(Tap(self._block(site)))
-        return taps
+        check_capture(capture, self.name)
+        sources = self._sources(site)
+        return [sources[name] for name in ("v", "q", "k", "features") if name in capture]
+
+    def _sources(self, site: AttentionSite) -> dict[str, Tap]:
+        """The tap each part is read from, before :meth:`_finish`."""
+        return {
+            "v": Tap(f"{site.module}.qkv"),
+            "q": Tap(f"{site.module}.q_norm"),
+            "k": Tap(f"{site.module}.k_norm"),
+            "features": Tap(self._block(site)),
+        }
 
     def assemble(
         self, site: AttentionSite, tapped: Mapping[str, list[torch.Tensor]], capture: Sequence[str]
     ) -> dict[str, torch.Tensor]:
         """``q``/``k`` from the q/k norms, ``v`` from the fused ``qkv`` projection, ``features`` from the block."""
-        out: dict[str, torch.Tensor] = {}
-        if "v" in capture:
-            qkv = single_value(tapped, Tap(f"{site.module}.qkv"), "timm-vit")
-            batch, tokens, _ = qkv.shape
-            qkv = qkv.reshape(batch, tokens, 3, site.num_heads, site.head_dim).permute(2, 0, 3, 1, 4)
-            out["v"] = qkv[2]
-        for name in ("q", "k"):
-            if name in capture:
-                out[name] = single_value(tapped, Tap(f"{site.module}.{name}_norm"), "timm-vit")
-        if "features" in capture:
-            out["features"] = single_value(tapped, Tap(self._block(site)), "timm-vit")
-        for name, value in out.items():
-            tokens = value.shape[-2]
-            if tokens != site.num_tokens:
-                raise RuntimeError(
-                    f"site {site.name!r}: {name} has {tokens} tokens but the site expects {site.num_tokens} "
-                    f"({site.grid[0]}x{site.grid[1]} patches and {site.num_tokens - site.grid[0] * site.grid[1]} "
-                    "special tokens); was the model run on inputs of another size, or with patch dropout in train mode?"
-                )
+        sources = self._sources(site)
+        read = {name: single_value(tapped, sources[name], self.name) for name in CAPTURABLE if name in capture}
+        out = self._finish(site, read)
+        check_token_counts(
+            site, out, "was the model run on inputs of another size, or with patch dropout in train mode?"
+        )
         return out
+
+    def _finish(self, site: AttentionSite, read: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The tapped values as the softmax saw them: ``v`` ``(B, H, N, D)`` out of the fused ``qkv`` output."""
+        if "v" in read:
+            batch, tokens, _ = read["v"].shape
+            read["v"] = read["v"].reshape(batch, tokens, 3, site.num_heads, site.head_dim)[:, :, 2].transpose(1, 2)
+        return read
 
     def output_tap(self, site: AttentionSite) -> Tap:
         """The attention output ``(B, N, H*D)``: the input of ``attn.norm`` (else ``attn.proj``)."""

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import torch
 
 from interpret_spectral.adapters.mha import MultiheadAttentionAdapter
-from interpret_spectral.capture.preprocess import preprocess_images
+from interpret_spectral.capture.preprocess import image_batch_size, preprocess_images
 from interpret_spectral.capture.registry import register_adapter
 
 __all__ = ["TorchvisionViTAdapter", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -124,19 +124,10 @@ class TorchvisionViTAdapter(MultiheadAttentionAdapter):
 
     # -- inputs -----------------------------------------------------------------------
     def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
-        """Resize whole images to ``image_size`` x ``image_size`` (bilinear) and normalise them.
+        """``(B, 3, image_size, image_size)`` float32 batch of whole PIL images, resized (bilinear) and normalised.
 
-        The whole image is resized (no centre crop), so that every token maps onto the
-        image stored in the store's ``pixels``.
-
-        Parameters
-        ----------
-        images : sequence of PIL.Image.Image
-
-        Returns
-        -------
-        torch.Tensor
-            ``(B, 3, image_size, image_size)`` float32.
+        :func:`~interpret_spectral.capture.preprocess.preprocess_images` at the model's
+        ``image_size``, with the adapter's ``mean`` and ``std``.
 
         Examples
         --------
@@ -162,13 +153,11 @@ class TorchvisionViTAdapter(MultiheadAttentionAdapter):
         ValueError: a torchvision VisionTransformer runs at 32x32 px only ...
         """
         size = int(self.model.image_size)
-        if not isinstance(batch, torch.Tensor) or batch.ndim != 4:
-            shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
-            raise TypeError(f"a torchvision VisionTransformer takes a (B, 3, H, W) image tensor, got {shape}")
-        if tuple(batch.shape[-2:]) != (size, size):
+        height, width = image_batch_size(batch, "a torchvision VisionTransformer", channels=3)
+        if (height, width) != (size, size):
             raise ValueError(
                 f"a torchvision VisionTransformer runs at {size}x{size} px only (its position embedding is "
-                f"fixed), got {batch.shape[-2]}x{batch.shape[-1]}; resize the input to {size}x{size}, or give "
+                f"fixed), got {height}x{width}; resize the input to {size}x{size}, or give "
                 "images and let the adapter preprocess them"
             )
         return (batch,), {}

@@ -195,7 +195,7 @@ def test_eva_records_q_and_k_after_the_rotation(monkeypatch: pytest.MonkeyPatch)
     rotated = rebuild_errors(adapter, batch)
     assert max(rotated.values()) < 1e-5
     # The module whose code the adapter runs (doctest collection may import adapters/ a second time).
-    monkeypatch.setitem(type(adapter).assemble.__globals__, "_rotate", lambda attn, value, rope: value)
+    monkeypatch.setitem(type(adapter)._finish.__globals__, "_rotate", lambda attn, value, rope: value)
     unrotated = rebuild_errors(adapter, batch)
     assert min(unrotated.values()) > 1e-3, unrotated
     monkeypatch.undo()

@@ -28,7 +28,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["RESIZE_MODES", "preprocess_images", "target_size", "resample_filter", "size_pair", "warn_size_differs"]
+__all__ = [
+    "RESIZE_MODES", "preprocess_images", "target_size", "resample_filter", "size_pair", "resolve_image_size",
+    "check_patch_multiple", "image_batch_size", "warn_size_differs",
+]
 
 RESIZE_MODES = ("square", "short_side")
 _RESAMPLE = {
@@ -61,6 +64,97 @@ def size_pair(size: int | Sequence[int], what: str = "image_size") -> tuple[int,
     if min(pair) < 1:
         raise ValueError(f"{what} must be positive, got {pair}")
     return pair
+
+
+def check_patch_multiple(size: tuple[int, int], patch: tuple[int, int]) -> None:
+    """Refuse an input ``(height, width)`` that the patch size does not divide; the message proposes a size.
+
+    Examples
+    --------
+    >>> check_patch_multiple((32, 48), (8, 8))
+    >>> check_patch_multiple((30, 32), (8, 8))
+    Traceback (most recent call last):
+    ValueError: input size 30x32 is not a multiple of the patch size 8x8; use e.g. image_size=32
+    """
+    if size[0] % patch[0] or size[1] % patch[1]:
+        raise ValueError(
+            f"input size {size[0]}x{size[1]} is not a multiple of the patch size {patch[0]}x{patch[1]}; "
+            f"use e.g. image_size={max(1, round(size[0] / patch[0])) * patch[0]}"
+        )
+
+
+def resolve_image_size(
+    image_size: int | Sequence[int] | None,
+    resize: str,
+    default: int | Sequence[int],
+    patch: tuple[int, int] = (1, 1),
+) -> int | tuple[int, int]:
+    """The ``image_size`` an adapter preprocesses to, checked against ``resize`` and the patch size.
+
+    Parameters
+    ----------
+    image_size : int or (int, int), optional
+        What the user asked for; ``None`` for ``default``.
+    resize : {"square", "short_side"}
+        ``"square"`` gives a ``(height, width)`` pair; ``"short_side"`` one int, the short
+        side (the short side of ``default`` when ``image_size`` is not given).
+    default : int or (int, int)
+        The model's own input size.
+    patch : (int, int)
+        The size must be a multiple of this.
+
+    Examples
+    --------
+    >>> resolve_image_size(None, "square", (224, 224), (16, 16))
+    (224, 224)
+    >>> resolve_image_size(None, "short_side", (224, 448), (16, 16))
+    224
+    >>> resolve_image_size((224, 230), "square", 224, (16, 16))  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    ValueError: input size 224x230 is not a multiple of the patch size 16x16 ...
+    """
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    if resize == "square":
+        pair = size_pair(default if image_size is None else image_size, "image_size")
+        check_patch_multiple(pair, patch)
+        return pair
+    short = min(size_pair(default, "image_size")) if image_size is None else image_size
+    if isinstance(short, bool) or not isinstance(short, (int, np.integer)) or short < 1:
+        raise TypeError(f"resize='short_side' takes image_size as one positive int (the short side), got {short!r}")
+    check_patch_multiple((int(short), int(short)), patch)
+    return int(short)
+
+
+def image_batch_size(batch: Any, model: str, channels: int | None = None) -> tuple[int, int]:
+    """``(height, width)`` of a ``(B, C, H, W)`` image batch, after checking its shape and channels.
+
+    Parameters
+    ----------
+    batch : torch.Tensor
+    model : str
+        What takes the batch, for the messages (``"timm VisionTransformer"``).
+    channels : int, optional
+        The channels the model takes; not checked when ``None``.
+
+    Examples
+    --------
+    >>> image_batch_size(torch.zeros(2, 3, 32, 48), "a ViT", channels=3)
+    (32, 48)
+    >>> image_batch_size(torch.zeros(2, 32, 48), "a ViT")
+    Traceback (most recent call last):
+    TypeError: a ViT takes a (B, C, H, W) image tensor, got (2, 32, 48)
+    """
+    if not isinstance(batch, torch.Tensor) or batch.ndim != 4:
+        shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+        raise TypeError(f"{model} takes a (B, C, H, W) image tensor, got {shape}")
+    if channels is not None and int(batch.shape[1]) != int(channels):
+        raise ValueError(
+            f"the batch has {int(batch.shape[1])} channels but {model} takes {channels} "
+            f"(batch shape {tuple(batch.shape)}); give (B, {channels}, H, W) tensors, e.g. repeat a grayscale "
+            "channel, or pass images and let the adapter preprocess them"
+        )
+    return int(batch.shape[-2]), int(batch.shape[-1])
 
 
 def resample_filter(name: str) -> int:
@@ -180,8 +274,13 @@ def preprocess_images(
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def warn_size_differs(model: str, configured: tuple[int, int], actual: tuple[int, int]) -> None:
+def warn_size_differs(
+    model: str, configured: tuple[int, int], actual: tuple[int, int], seen: set[tuple[int, int]] | None = None
+) -> None:
     """Say (a ``UserWarning``; ``logging.captureWarnings`` routes it to logging) that a model runs at another input size than it was configured for.
+
+    Nothing is said when the sizes are equal, nor when ``actual`` is in ``seen`` (the
+    sizes already said, which this call adds to): once per size.
 
     Examples
     --------
@@ -192,6 +291,10 @@ def warn_size_differs(model: str, configured: tuple[int, int], actual: tuple[int
     >>> "configured for 224x224" in str(caught[0].message)
     True
     """
+    if actual == configured or (seen is not None and actual in seen):
+        return
+    if seen is not None:
+        seen.add(actual)
     message = (
         f"{model} is configured for {configured[0]}x{configured[1]} px inputs and runs on "
         f"{actual[0]}x{actual[1]} px: its position embeddings are interpolated to the new grid"
