@@ -53,6 +53,7 @@ from interpret_spectral.pipeline import (
 )
 from interpret_spectral.pipeline.job import StepTimer
 from interpret_spectral.pipeline.outputs import top_sites
+from interpret_spectral.pipeline.run import probe_keywords
 from interpret_spectral.store.atomic import partial_name, remove_path, replace_dir, replacing_file
 from interpret_spectral.store.shards import (
     create_sharded_store,
@@ -434,12 +435,7 @@ def run_analyze(
     options = dict(probe_options or {})
     if image_size is not None:
         options["image_size"] = int(image_size)
-    if device is not None:
-        options["device"] = device
-    if dtype is not None:
-        options["dtype"] = dtype
-    if store_dtype is not None:
-        options["store_dtype"] = store_dtype
+    options.update(probe_keywords(device, dtype, store_dtype))
     shards = plan_shards(ids, shard_size)
     plan = {"files": [str(f) for f in files], "ids": ids, "shard_size": int(shard_size), "keep": keep,
             "model": model if isinstance(model, str) else getattr(model, "__name__", "a loader function"),

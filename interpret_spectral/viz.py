@@ -257,8 +257,18 @@ def overlay_segments(image: Any, labels: xr.DataArray | np.ndarray, alpha: float
 
 
 # -- figures ----------------------------------------------------------------------------
-def _finish(figure: Figure, path: str | os.PathLike[str] | None, dpi: float = DPI) -> Figure:
-    """Save ``figure`` to ``path`` (PNG, PDF or SVG by its suffix) at ``dpi``, and return it."""
+def _figure(width: float, height: float) -> Figure:
+    """A new constrained-layout figure of ``width`` x ``height`` inches (not registered with pyplot)."""
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _finish(
+    figure: Figure, path: str | os.PathLike[str] | None, dpi: float = DPI, heading: str | None = None
+) -> Figure:
+    """Title ``figure`` with ``heading`` (when given), save it to ``path`` (PNG, PDF or SVG by
+    its suffix) at ``dpi``, and return it."""
+    if heading:
+        figure.suptitle(heading, fontsize=10)
     if path is not None:
         suffix = os.path.splitext(os.fspath(path))[1].lower()
         if suffix not in FORMATS:
@@ -276,6 +286,16 @@ def _show(axes: Any, picture: np.ndarray, title: str) -> None:
     axes.imshow(picture, interpolation="nearest")
     axes.set_title(title, fontsize=9)
     axes.set_axis_off()
+
+
+def _show_segments(
+    axes: Any, picture: np.ndarray, labels: xr.DataArray | np.ndarray, sample: int | str, alpha: float = 0.5,
+    name: str | None = None,
+) -> None:
+    """One sample's segments over ``picture``, titled with their number (after ``name``, when given)."""
+    label_map = _label_map(labels, sample)
+    title = f"segments (k={int(np.unique(label_map).size)})"
+    _show(axes, overlay_segments(picture, label_map, alpha), f"{name}: {title}" if name else title)
 
 
 def _default_groups(n_components: int, start: int, n_groups: int) -> list[tuple[int, int, int]]:
@@ -348,10 +368,9 @@ def plot_eigenvectors(
         Where the default triples begin and how many there are.
     title : str, optional
         Figure title; default ``image <sample id>``.
-    path : path-like, optional
-        Write the figure there: PNG, PDF or SVG by the path's suffix.
-    dpi : float
-        Resolution of the saved figure, pixels per inch (default :data:`DPI`, 150).
+    path, dpi
+        Where to write the figure (PNG, PDF or SVG by the suffix) and at how many pixels
+        per inch (default :data:`DPI`, 150).
 
     Returns
     -------
@@ -375,7 +394,7 @@ def plot_eigenvectors(
     size = None if picture is None else picture.shape[:2]
     panels = len(triples) + (picture is not None)
     aspect = _aspect(picture.shape[:2] if picture is not None else (vectors.sizes["y"], vectors.sizes["x"]))
-    figure = Figure(figsize=(PANEL_INCHES * panels, PANEL_INCHES * aspect + 0.4), dpi=DPI, layout="constrained")
+    figure = _figure(PANEL_INCHES * panels, PANEL_INCHES * aspect + 0.4)
     axes = figure.subplots(1, panels, squeeze=False)[0]
     column = 0
     if picture is not None:
@@ -384,10 +403,7 @@ def plot_eigenvectors(
     values = vectors.values
     for triple, ax in zip(triples, axes[column:]):
         _show(ax, eigenvector_rgb(values, triple, size), _component_title(triple, eigenvalues))
-    heading = _figure_title(title, sample_id)
-    if heading:
-        figure.suptitle(heading, fontsize=10)
-    return _finish(figure, path, dpi)
+    return _finish(figure, path, dpi, _figure_title(title, sample_id))
 
 
 def plot_segments(
@@ -414,10 +430,9 @@ def plot_segments(
     title : str, optional
         Figure title; default ``image <sample id>`` when ``labels`` is a DataArray
         with sample ids.
-    path : path-like, optional
-        Write the figure there: PNG, PDF or SVG by the path's suffix.
-    dpi : float
-        Resolution of the saved figure, pixels per inch (default :data:`DPI`, 150).
+    path, dpi
+        Where to write the figure (PNG, PDF or SVG by the suffix) and at how many pixels
+        per inch (default :data:`DPI`, 150).
 
     Returns
     -------
@@ -430,18 +445,12 @@ def plot_segments(
     >>> len(fig.axes)  # doctest: +SKIP
     2
     """
-    label_map = _label_map(labels, sample)
-    k = int(np.unique(label_map).size)
     picture = _as_image(image)
-    aspect = _aspect(picture.shape[:2])
-    figure = Figure(figsize=(PANEL_INCHES * 2, PANEL_INCHES * aspect + 0.4), dpi=DPI, layout="constrained")
+    figure = _figure(PANEL_INCHES * 2, PANEL_INCHES * _aspect(picture.shape[:2]) + 0.4)
     axes = figure.subplots(1, 2)
     _show(axes[0], picture, "image")
-    _show(axes[1], overlay_segments(picture, label_map, alpha), f"segments (k={k})")
-    heading = _figure_title(title, _label_sample_id(labels, sample))
-    if heading:
-        figure.suptitle(heading, fontsize=10)
-    return _finish(figure, path, dpi)
+    _show_segments(axes[1], picture, labels, sample, alpha)
+    return _finish(figure, path, dpi, _figure_title(title, _label_sample_id(labels, sample)))
 
 
 def plot_site_contributions(
@@ -461,10 +470,9 @@ def plot_site_contributions(
         for a random-walk graph) means the site's graph supports the solution.
     title : str, optional
         Axes title; default names the averaged dimensions.
-    path : path-like, optional
-        Write the figure there: PNG, PDF or SVG by the path's suffix.
-    dpi : float
-        Resolution of the saved figure, pixels per inch (default :data:`DPI`, 150).
+    path, dpi
+        Where to write the figure (PNG, PDF or SVG by the suffix) and at how many pixels
+        per inch (default :data:`DPI`, 150).
 
     Returns
     -------
@@ -487,7 +495,7 @@ def plot_site_contributions(
     heads = [str(h) for h in table["head"].values] if "head" in table.coords else [str(i) for i in range(table.sizes["head"])]
     height = max(2.5, 0.28 * len(sites) + 1.2)
     width = max(3.5, 0.45 * len(heads) + 3.2)
-    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    figure = _figure(width, height)
     ax = figure.subplots()
     image = ax.imshow(np.asarray(table.values, dtype=np.float64), aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set_yticks(range(len(sites)), sites, fontsize=7)
@@ -527,10 +535,9 @@ def plot_overview(
         Component triples shown per row: ``n_groups`` consecutive triples from ``start``.
     title : str, optional
         Figure title; default ``image <sample id>``.
-    path : path-like, optional
-        Write the figure there: PNG, PDF or SVG by the path's suffix.
-    dpi : float
-        Resolution of the saved figure, pixels per inch (default :data:`DPI`, 150).
+    path, dpi
+        Where to write the figure (PNG, PDF or SVG by the suffix) and at how many pixels
+        per inch (default :data:`DPI`, 150).
 
     Returns
     -------
@@ -554,20 +561,14 @@ def plot_overview(
     columns = 1 + int(n_groups)
     sample_id = _sample_vectors(next(iter(decompositions.values())), sample)[1]
     heading = _figure_title(title, sample_id)
-    figure = Figure(
-        figsize=(PANEL_INCHES * columns, PANEL_INCHES * _aspect(picture.shape[:2]) * rows + (0.3 if heading else 0.0)),
-        dpi=DPI,
-        layout="constrained",
-    )
+    figure = _figure(PANEL_INCHES * columns, PANEL_INCHES * _aspect(picture.shape[:2]) * rows + (0.3 if heading else 0.0))
     axes = figure.subplots(rows, columns, squeeze=False)
     for row, (name, decomposition) in enumerate(decompositions.items()):
         vectors, _ = _sample_vectors(decomposition, sample)
         eigenvalues = _eigenvalues(decomposition, sample)
         triples = _default_groups(vectors.sizes["component"], int(start), int(n_groups))
         if name in labels:
-            label_map = _label_map(labels[name], sample)
-            k = int(np.unique(label_map).size)
-            _show(axes[row, 0], overlay_segments(picture, label_map), f"{name}: segments (k={k})")
+            _show_segments(axes[row, 0], picture, labels[name], sample, name=name)
         else:
             _show(axes[row, 0], picture, name)
         for column, triple in enumerate(triples, start=1):
@@ -575,6 +576,4 @@ def plot_overview(
                   f"{name}: {_component_title(triple, eigenvalues)}")
         for column in range(1 + len(triples), columns):
             axes[row, column].set_axis_off()
-    if heading:
-        figure.suptitle(heading, fontsize=10)
-    return _finish(figure, path, dpi)
+    return _finish(figure, path, dpi, heading)

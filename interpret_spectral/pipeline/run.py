@@ -17,8 +17,14 @@ from interpret_spectral.pipeline.run_folder import run_folder
 __all__ = ["analyze"]
 
 
-def _probe_options(device: str | None, dtype: str | None, store_dtype: str | None) -> dict[str, Any]:
-    """``probe()``'s device / dtype keywords, only those given (so its defaults apply)."""
+def probe_keywords(device: str | None, dtype: str | None, store_dtype: str | None) -> dict[str, Any]:
+    """``probe()``'s device / dtype keywords, only those given (so its defaults apply).
+
+    Examples
+    --------
+    >>> probe_keywords("cpu", None, "float16")
+    {'device': 'cpu', 'store_dtype': 'float16'}
+    """
     options: dict[str, Any] = {}
     if device is not None:
         options["device"] = device
@@ -145,7 +151,7 @@ def analyze(
     options = dict(probe_options or {})
     if timesteps is not None:
         options["timesteps"] = list(timesteps)
-    options.update(_probe_options(device, dtype, store_dtype))
+    options.update(probe_keywords(device, dtype, store_dtype))
     with run_folder(out, overwrite, resume) as staging:
         store_path = staging / "store.h5"
         started = time.perf_counter()

@@ -7,6 +7,8 @@ the timestep once and give ``(tokens, channels)`` float64 arrays per sample.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import xarray as xr
 
@@ -94,4 +96,29 @@ def check_store(store: xr.DataTree) -> list[str]:
     if not ids:
         raise ValueError("the store holds no sample")
     return ids
+
+
+@dataclass(frozen=True)
+class SiteTokens:
+    """One site of a store with its token source and timestep resolved: what every baseline reads."""
+
+    store: xr.DataTree
+    ids: list[str]
+    name: str
+    source: str
+    timestep: int | None
+    grid: tuple[int, int]
+
+    def tokens(self, index: int, center: bool = False) -> np.ndarray:
+        """``(tokens, channels)`` float64 of sample ``index`` (:func:`site_tokens`)."""
+        return site_tokens(self.store, self.name, self.source, index, self.timestep, center=center)
+
+
+def select_site(store: xr.DataTree, site: int | str, source: str | None, timestep: int | None) -> SiteTokens:
+    """Check the store, then resolve the site, the token source and the timestep, in that order."""
+    ids = check_store(store)
+    name = resolve_site(store, site)
+    source = resolve_source(store, name, source)
+    timestep = timestep_selection(store, name, timestep)
+    return SiteTokens(store, ids, name, source, timestep, site_grid(store, name))
 

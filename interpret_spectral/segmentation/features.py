@@ -13,15 +13,7 @@ from typing import Literal
 import numpy as np
 import xarray as xr
 
-from interpret_spectral.segmentation._tokens import (
-    check_store,
-    resolve_site,
-    resolve_source,
-    site_grid,
-    site_tokens,
-    timestep_selection,
-    unit_rows,
-)
+from interpret_spectral.segmentation._tokens import select_site, unit_rows
 from interpret_spectral.segmentation.choose_k import DEFAULT_K_METHOD
 from interpret_spectral.segmentation.kmeans import segment
 
@@ -76,14 +68,12 @@ def kmeans_features(
     >>> labels.dims  # doctest: +SKIP
     ('sample', 'y', 'x')
     """
-    ids = check_store(store)
-    name = resolve_site(store, site)
-    source = resolve_source(store, name, source)
-    timestep = timestep_selection(store, name, timestep)
-    height, width = site_grid(store, name)
+    chosen = select_site(store, site, source, timestep)
+    ids, name, source, timestep = chosen.ids, chosen.name, chosen.source, chosen.timestep
+    height, width = chosen.grid
     rows = []
     for index in range(len(ids)):
-        tokens = site_tokens(store, name, source, index, timestep, center=center)
+        tokens = chosen.tokens(index, center=center)
         rows.append(unit_rows(tokens) if normalize else tokens)
     vectors = xr.DataArray(
         np.stack(rows).reshape(len(ids), height, width, -1),

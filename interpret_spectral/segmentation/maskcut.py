@@ -12,15 +12,7 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
-from interpret_spectral.segmentation._tokens import (
-    check_store,
-    resolve_site,
-    resolve_source,
-    site_grid,
-    site_tokens,
-    timestep_selection,
-    unit_rows,
-)
+from interpret_spectral.segmentation._tokens import select_site, unit_rows
 from interpret_spectral.segmentation.ncut import ncut_eigenvectors
 
 __all__ = ["maskcut"]
@@ -106,11 +98,8 @@ def maskcut(
     source : {"features", "q", "k", "v"}
         Tokens of the graph (CutLER: keys).
     center : bool
-        Subtract the sample's mean token before the cosine similarity.  Off by default
-        (as CutLER); DINOv2's final keys and block outputs share a component so large
-        that every cosine exceeds ``tau`` and the graph is complete (a warning says
-        so): centre them.  For keys centring changes no attention weight (softmax is
-        invariant to a shift of all keys).
+        Subtract the sample's mean token before the cosine similarity (off by default,
+        as CutLER; see :func:`~interpret_spectral.segmentation.ncut` for when to centre).
     eps : float
         Weight of edges under ``tau``.
     timestep : int, optional
@@ -128,17 +117,14 @@ def maskcut(
     >>> int(labels.max()) <= 3  # doctest: +SKIP
     True
     """
-    ids = check_store(store)
     if isinstance(n_masks, bool) or int(n_masks) < 1:
         raise ValueError(f"n_masks must be a positive integer, got {n_masks}")
-    name = resolve_site(store, site)
-    source = resolve_source(store, name, source)
-    timestep = timestep_selection(store, name, timestep)
-    height, width = site_grid(store, name)
+    chosen = select_site(store, site, source, timestep)
+    ids, name, source, timestep = chosen.ids, chosen.name, chosen.source, chosen.timestep
+    height, width = chosen.grid
     labels = np.zeros((len(ids), height, width), dtype=np.int32)
     for index in range(len(ids)):
-        tokens = site_tokens(store, name, source, index, timestep, center=center)
-        masks = _maskcut_sample(tokens, (height, width), int(n_masks), float(tau), float(eps))
+        masks = _maskcut_sample(chosen.tokens(index, center=center), chosen.grid, int(n_masks), float(tau), float(eps))
         for number, mask in enumerate(masks, start=1):
             labels[index][mask & (labels[index] == 0)] = number
     counts = np.array([len(np.unique(sample)) for sample in labels], dtype=np.int64)

@@ -18,16 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
-from interpret_spectral.segmentation._tokens import (
-    attention_affinity,
-    check_store,
-    resolve_site,
-    resolve_source,
-    site_grid,
-    site_tokens,
-    timestep_selection,
-    unit_rows,
-)
+from interpret_spectral.segmentation._tokens import attention_affinity, resolve_source, select_site, unit_rows
 from interpret_spectral.store.decomposition import make_decomposition
 
 __all__ = ["ncut_eigenvectors", "ncut", "tokencut"]
@@ -176,27 +167,25 @@ def ncut(
     --------
     >>> labels = segment(ncut(store, affinity="attention"))  # doctest: +SKIP
     """
-    ids = check_store(store)
     if affinity not in ("features", "attention"):
         raise ValueError(f"affinity must be 'features' or 'attention', got {affinity!r}")
-    name = resolve_site(store, site)
-    timestep = timestep_selection(store, name, timestep)
+    if affinity == "attention" and (source is not None or center):
+        raise ValueError(
+            "source= and center= choose the tokens of affinity='features'; "
+            "attention always uses q and k as recorded"
+        )
+    chosen = select_site(store, site, "q" if affinity == "attention" else source, timestep)
+    ids, name, timestep = chosen.ids, chosen.name, chosen.timestep
     if affinity == "attention":
-        if source is not None or center:
-            raise ValueError(
-                "source= and center= choose the tokens of affinity='features'; "
-                "attention always uses q and k as recorded"
-            )
-        for var in ("q", "k"):
-            resolve_source(store, name, var)
+        resolve_source(store, name, "k")
         used_source = "q,k"
     else:
-        used_source = resolve_source(store, name, source)
+        used_source = chosen.source
     if tau == "auto":
         tau = 0.2 if affinity == "features" else None
     elif tau is not None and not isinstance(tau, (int, float, np.floating)):
         raise ValueError(f"tau must be a number, None or 'auto', got {tau!r}")
-    height, width = site_grid(store, name)
+    height, width = chosen.grid
     m = int(n_eigenvectors)
     all_vectors = np.empty((len(ids), height, width, m), dtype=np.float32)
     all_values = np.empty((len(ids), m), dtype=np.float64)
@@ -204,7 +193,7 @@ def ncut(
         if affinity == "attention":
             w = attention_affinity(store, name, index, timestep)
         else:
-            unit = unit_rows(site_tokens(store, name, used_source, index, timestep, center=center))
+            unit = unit_rows(chosen.tokens(index, center=center))
             w = unit @ unit.T
         values, vectors = ncut_eigenvectors(w, m, tau=tau, eps=eps)
         all_vectors[index] = vectors.reshape(height, width, m)
@@ -257,11 +246,8 @@ def tokencut(
     site : int or str
         Forward index (``-1``: last) or name.
     center : bool
-        Subtract the sample's mean token before the cosine similarity.  Off by default
-        (as TokenCut); DINOv2's final keys and block outputs share a component so large
-        that every cosine exceeds ``tau`` and the graph is complete (a warning says
-        so): centre them.  For keys centring changes no attention weight (softmax is
-        invariant to a shift of all keys).
+        Subtract the sample's mean token before the cosine similarity (off by default,
+        as TokenCut; see :func:`ncut` for when to centre).
     timestep : int, optional
         Position along ``timestep`` for stores that have one.
 

@@ -16,6 +16,7 @@ failed run leaves the old store as it was.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -469,24 +470,11 @@ class StoreWriter:
         return tree
 
 
-def create_store(
-    sites: Sequence[AttentionSite],
-    *,
-    path: str | os.PathLike[str] | None = None,
-    capture: Sequence[str] = ("q", "k", "v"),
-    extra_dims: Mapping[str, Sequence[Any]] | None = None,
-    feature_dims: Mapping[str, int] | None = None,
-    attrs: Mapping[str, Any] | None = None,
-    dtype: str = "float32",
-    pixels_shape: tuple[int, int] | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    samples_requested: int | None = None,
-    preprocessing: str | None = None,
-    compression: str | None = None,
-    compression_level: int = 4,
-) -> StoreWriter:
+def create_store(sites: Sequence[AttentionSite], **options: Any) -> StoreWriter:
     """Start a store for ``sites``: in memory when ``path`` is None, else an HDF5 file.
+
+    The options are keyword-only and go to :class:`StoreWriter` unchanged (its
+    signature holds the defaults); an unknown one is a ``TypeError``.
 
     Parameters
     ----------
@@ -540,19 +528,10 @@ def create_store(
     >>> store["blocks.0.attn"]["token_kind"].values[:2].tolist(), store.attrs["complete"]
     (['cls', 'patch'], 1)
     """
-    return StoreWriter(
-        sites,
-        path=path,
-        capture=capture,
-        extra_dims=extra_dims,
-        feature_dims=feature_dims,
-        attrs=attrs,
-        dtype=dtype,
-        pixels_shape=pixels_shape,
-        resume=resume,
-        overwrite=overwrite,
-        samples_requested=samples_requested,
-        preprocessing=preprocessing,
-        compression=compression,
-        compression_level=compression_level,
-    )
+    return StoreWriter(sites, **options)
+
+
+# help() and generated API docs show the options with their defaults, as StoreWriter takes them.
+create_store.__signature__ = inspect.signature(StoreWriter).replace(  # type: ignore[attr-defined]
+    return_annotation="StoreWriter"
+)
