@@ -329,7 +329,7 @@ def _warn_if_unnormalised(tensor: torch.Tensor, ids: Sequence[str]) -> None:
     if largest > UNNORMALISED_LIMIT:
         warnings.warn(
             f"samples {list(ids)[:3]} are tensors with values up to {largest:g}: a tensor is taken as model-ready "
-            "(resized and normalised), and these look like raw pixel values; pass images (PIL or paths) to let the "
-            "adapter normalise them, or normalise the tensor first",
+            "(resized and normalised), and these look like raw pixel values (0..255), far outside a normalised range; "
+            "pass images (PIL or paths) to let the adapter normalise them, or normalise the tensor first",
             UserWarning, stacklevel=3,
         )
