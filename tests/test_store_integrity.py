@@ -338,3 +338,25 @@ def test_accessor_picks_sites_by_forward_order():
         store.spectral.site(1.5)
     with pytest.raises(KeyError, match="no site 'nope'"):
         store.spectral.site("nope")
+
+
+def test_damaged_metadata_is_a_store_error_never_a_raw_h5py_one(tmp_path):
+    """Flipped bytes in the file's metadata (object headers, heaps): a StoreError naming the file, or no effect."""
+    clean = _full_store(tmp_path / "clean.h5").read_bytes()
+    outcomes = set()
+    for offset in range(0, 6000, 149):
+        damaged = bytearray(clean)
+        damaged[offset] ^= 0xFF
+        path = tmp_path / "damaged.h5"
+        path.write_bytes(bytes(damaged))
+        try:
+            store = open_store(path)
+            for node in store.subtree:
+                for variable in node.to_dataset(inherit=False).variables.values():
+                    np.asarray(variable.values)
+            store.close()
+            outcomes.add("read")
+        except StoreError as error:
+            assert "damaged.h5" in str(error), error
+            outcomes.add(type(error).__name__)
+    assert "StoreIntegrityError" in outcomes or "StoreError" in outcomes  # the sweep did hit metadata

@@ -82,15 +82,26 @@ def _chain(error: BaseException) -> list[BaseException]:
 
 
 def is_checksum_error(error: BaseException) -> bool:
-    """Whether an h5py error is a failed filter on read (a checksum or a codec refusing damaged data).
+    """Whether an h5py error means damaged bytes: a failed checksum or filter, or corrupt metadata.
 
     Examples
     --------
     >>> is_checksum_error(OSError("Can't synchronously read data (filter returned failure during read)"))
     True
+    >>> is_checksum_error(KeyError("Unable to synchronously open object (incorrect metadata checksum)"))
+    True
+    >>> is_checksum_error(OSError("Unable to open file (no such file)"))
+    False
     """
     text = str(error).lower()
-    return isinstance(error, OSError) and ("filter returned failure" in text or "checksum" in text)
+    return isinstance(error, (OSError, KeyError, ValueError, RuntimeError)) and any(
+        sign in text for sign in _DAMAGE_SIGNS)
+
+
+#: What HDF5 says when it reads damaged bytes: a failed filter or checksum (data or metadata),
+#: a codec running off its buffer, a corrupt heap or object header.
+_DAMAGE_SIGNS = ("filter returned failure", "checksum", "ran off end of input buffer", "bad heap",
+                 "bad object header", "wrong b-tree signature", "bad global heap")
 
 
 def open_error(path: Path, error: BaseException) -> BaseException:
@@ -239,80 +250,93 @@ def inspect_file(path: str | os.PathLike[str]) -> FileFacts:
     except Exception as error:
         raise open_error(path, error) from error
     with handle:
-        fmt = _attr(handle.attrs, "format")
-        if fmt != FORMAT:
-            raise StoreError(
-                f"{path} is not an interpret_spectral store (root attribute format={fmt!r}, expected {FORMAT!r}); "
-                "make stores with interpret_spectral.probe()"
-            )
-        parse_format_version(_attr(handle.attrs, "format_version"), str(path))
-        if "sample" not in handle or not isinstance(handle["sample"], h5py.Dataset) or handle["sample"].ndim != 1:
-            raise StoreError(f"{path} has no 'sample' variable at its root; it is damaged or not a store")
-        declared = int(handle["sample"].shape[0])
-        per_sample: list[tuple[str, Any]] = []
-
-        def collect(name: str, obj: Any) -> None:
-            if isinstance(obj, h5py.Dataset) and name != "sample" and obj.ndim >= 1 and obj.maxshape[0] is None:
-                per_sample.append((name, obj))
-
         try:
-            handle.visititems(collect)
-        except KeyboardInterrupt:
-            raise
-        except Exception as error:
-            raise open_error(path, error) from error
-        for name, dataset in per_sample:
-            if dataset.shape[0] != declared:
-                raise StoreError(
-                    f"{path}: variable {name!r} has {dataset.shape[0]} rows but the sample dimension {declared}; "
-                    "the file is damaged or was edited"
-                )
-        numeric = [(name, d) for name, d in per_sample if d.dtype.kind in "fiu"]
-        stored = {name: _rows_stored(d) for name, d in numeric}
-        fewest = min(stored.values(), default=0)
-        if declared > fewest + MAX_UNNAMED_ROWS:
-            raise StoreError(
-                f"{path}: the sample dimension declares {declared} rows but data is stored for {fewest}; "
-                "the file's dimensions were edited or it is damaged: refusing to read it"
-            )
-        try:
-            raw = handle["sample"][:declared]
-        except KeyboardInterrupt:
-            raise
-        except Exception as error:
-            raise open_error(path, error) from error
-        ids = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in raw]
-        named = 0
-        while named < len(ids) and ids[named]:
-            named += 1
-        ids = ids[:named]
-        if "sample_crc32" in handle:
-            try:
-                crc = np.asarray(handle["sample_crc32"][:named])
-            except OSError as error:
-                if is_checksum_error(error):
-                    raise StoreIntegrityError(
-                        f"{path} is damaged: checksum error reading 'sample_crc32' (the sample ids' checksums); "
-                        "restore the file or rerun the probe"
-                    ) from error
+            return _inspect_open_file(handle, path)
+        except (OSError, KeyError, ValueError, RuntimeError) as error:
+            if isinstance(error, StoreError):
                 raise
-            bad = np.flatnonzero(crc != id_checksums(ids))
-            if bad.size:
-                raise StoreIntegrityError(
-                    f"{path} is damaged: the sample id of row {int(bad[0])} ({ids[bad[0]]!r}) does not match its "
-                    "CRC-32 in 'sample_crc32'; restore the file or rerun the probe"
-                )
-        for name, rows in stored.items():
-            if rows < named:
-                raise StoreError(
-                    f"{path}: variable {name!r} stores data for {rows} rows but {named} samples are named; the "
-                    "file is damaged or its dimensions were edited"
-                )
-        requested = _attr(handle.attrs, "samples_requested")
-        finished = _attr(handle.attrs, "writing_finished")
-        return FileFacts(
-            ids=ids,
-            rows_declared=declared,
-            samples_requested=int(requested) if isinstance(requested, (int, np.integer)) and requested >= 0 else None,
-            writing_finished=None if finished is None else bool(finished),
+            # h5py raised while walking the file (corrupt metadata): say what it means, naming the file
+            raise open_error(path, error) from error
+
+
+def _inspect_open_file(handle: Any, path: Path) -> FileFacts:
+    """The checks of :func:`inspect_file` on an open h5py file."""
+    import h5py
+
+    fmt = _attr(handle.attrs, "format")
+    if fmt != FORMAT:
+        raise StoreError(
+            f"{path} is not an interpret_spectral store (root attribute format={fmt!r}, expected {FORMAT!r}); "
+            "make stores with interpret_spectral.probe()"
         )
+    parse_format_version(_attr(handle.attrs, "format_version"), str(path))
+    if "sample" not in handle or not isinstance(handle["sample"], h5py.Dataset) or handle["sample"].ndim != 1:
+        raise StoreError(f"{path} has no 'sample' variable at its root; it is damaged or not a store")
+    declared = int(handle["sample"].shape[0])
+    per_sample: list[tuple[str, Any]] = []
+
+    def collect(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset) and name != "sample" and obj.ndim >= 1 and obj.maxshape[0] is None:
+            per_sample.append((name, obj))
+
+    try:
+        handle.visititems(collect)
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:
+        raise open_error(path, error) from error
+    for name, dataset in per_sample:
+        if dataset.shape[0] != declared:
+            raise StoreError(
+                f"{path}: variable {name!r} has {dataset.shape[0]} rows but the sample dimension {declared}; "
+                "the file is damaged or was edited"
+            )
+    numeric = [(name, d) for name, d in per_sample if d.dtype.kind in "fiu"]
+    stored = {name: _rows_stored(d) for name, d in numeric}
+    fewest = min(stored.values(), default=0)
+    if declared > fewest + MAX_UNNAMED_ROWS:
+        raise StoreError(
+            f"{path}: the sample dimension declares {declared} rows but data is stored for {fewest}; "
+            "the file's dimensions were edited or it is damaged: refusing to read it"
+        )
+    try:
+        raw = handle["sample"][:declared]
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:
+        raise open_error(path, error) from error
+    ids = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in raw]
+    named = 0
+    while named < len(ids) and ids[named]:
+        named += 1
+    ids = ids[:named]
+    if "sample_crc32" in handle:
+        try:
+            crc = np.asarray(handle["sample_crc32"][:named])
+        except (OSError, KeyError, ValueError) as error:
+            if is_checksum_error(error):
+                raise StoreIntegrityError(
+                    f"{path} is damaged: checksum error reading 'sample_crc32' (the sample ids' checksums); "
+                    "restore the file or rerun the probe"
+                ) from error
+            raise
+        bad = np.flatnonzero(crc != id_checksums(ids))
+        if bad.size:
+            raise StoreIntegrityError(
+                f"{path} is damaged: the sample id of row {int(bad[0])} ({ids[bad[0]]!r}) does not match its "
+                "CRC-32 in 'sample_crc32'; restore the file or rerun the probe"
+            )
+    for name, rows in stored.items():
+        if rows < named:
+            raise StoreError(
+                f"{path}: variable {name!r} stores data for {rows} rows but {named} samples are named; the "
+                "file is damaged or its dimensions were edited"
+            )
+    requested = _attr(handle.attrs, "samples_requested")
+    finished = _attr(handle.attrs, "writing_finished")
+    return FileFacts(
+        ids=ids,
+        rows_declared=declared,
+        samples_requested=int(requested) if isinstance(requested, (int, np.integer)) and requested >= 0 else None,
+        writing_finished=None if finished is None else bool(finished),
+    )

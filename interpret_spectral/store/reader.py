@@ -48,7 +48,7 @@ class _CheckedArray(BackendArray):
     def _read(self, key: tuple[Any, ...]) -> np.ndarray:
         try:
             return np.asarray(self.variable[key].values)
-        except OSError as error:
+        except (OSError, KeyError, ValueError, RuntimeError) as error:
             if not is_checksum_error(error):
                 raise
             where = f"site {self.group!r}" if self.group else "the root"
