@@ -111,7 +111,7 @@ class SegmentationFolder(Sequence[SegmentationSample]):
 
     Examples
     --------
-    >>> ds = SegmentationFolder("../shared/data/voc", protocol="picie")  # doctest: +SKIP
+    >>> ds = SegmentationFolder("data/voc", protocol="picie")  # doctest: +SKIP
     >>> sample = ds[0]                                                   # doctest: +SKIP
     >>> sample.image.size, sample.mask.shape                             # doctest: +SKIP
     ((320, 320), (320, 320))
@@ -265,7 +265,7 @@ class SegmentationFolder(Sequence[SegmentationSample]):
 
         Examples
         --------
-        >>> SegmentationFolder("../shared/data/voc").mask("vainf_0000").dtype  # doctest: +SKIP
+        >>> SegmentationFolder("data/voc").mask("vainf_0000").dtype  # doctest: +SKIP
         dtype('uint8')
         """
         return self._load(self.ids[self.index(sample_id)], with_image=False)[1]
