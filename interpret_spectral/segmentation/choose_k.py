@@ -289,9 +289,9 @@ def choose_k(rows: np.ndarray, k_range: Sequence[int], method: str = DEFAULT_K_M
             f"no K in k_range={list(k_range)} can be scored on {n} tokens with {distinct} distinct rows "
             "(a K choice needs 2 <= K <= tokens - 1, and K-Means K <= distinct rows); pass a fixed k"
         )
-    from threadpoolctl import threadpool_limits
+    from interpret_spectral.spectral.threads import single_thread
 
     # One thread for BLAS and OpenMP: at these sizes (a few thousand rows, tens of fits) threads
     # cost more than they give, and on a busy machine many times more.
-    with threadpool_limits(limits=1):
+    with single_thread():
         return K_METHODS[method](rows, candidates, int(seed), int(n_init))

@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
-from threadpoolctl import threadpool_limits
 
+from interpret_spectral.spectral.threads import single_thread
 from interpret_spectral.segmentation.choose_k import DEFAULT_K_METHOD, K_METHODS, choose_k, fit_kmeans, silhouette
 from interpret_spectral.store.decomposition import as_vectors
 
@@ -221,7 +221,7 @@ def segment(
         if k is not None:
             if k > len(rows):
                 raise ValueError(f"k={k} exceeds the {len(rows)} tokens of a sample; choose k <= {len(rows)}")
-            with threadpool_limits(limits=1):  # threads cost more than they give at these sizes
+            with single_thread():  # threads cost more than they give at these sizes
                 raw, centres = fit_kmeans(rows, int(k), int(seed), int(n_init))
             chosen[i] = k
         else:

@@ -33,6 +33,7 @@ from interpret_spectral.spectral.resample import as_grid, check_resample_method
 from interpret_spectral.spectral.site_graphs import HEAD_MODES, NonFiniteError, SiteGraphs
 from interpret_spectral.spectral.solvers import Solver, get_solver
 from interpret_spectral.store.decomposition import DECOMPOSITION_FORMAT, make_decomposition, validate_decomposition
+from interpret_spectral.store.format import all_finite
 from interpret_spectral.store.reader import patch_tokens, sample_ids
 from interpret_spectral.store.selection import (
     as_store, select_layers, select_samples, select_timesteps, site_grid, site_heads,
@@ -128,7 +129,7 @@ def sample_operator(
             )
         arrays = {var: patch_tokens(store, name, var, samples=sample, timesteps=positions) for var in kind.variables}
         for var, array in arrays.items():
-            if not np.isfinite(array).all():
+            if not all_finite(array):
                 raise NonFiniteError(
                     f"{var} of site {name!r} holds NaN or infinity for sample {sample_id!r}: the model produced "
                     "non-finite attention for it; re-probe it (check the input and the precision), leave the "

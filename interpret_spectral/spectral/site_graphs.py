@@ -39,6 +39,7 @@ import torch
 
 from interpret_spectral.spectral.kinds import GraphKind, get_graph_kind
 from interpret_spectral.spectral.resample import as_grid
+from interpret_spectral.store.format import all_finite
 
 __all__ = ["HEAD_MODES", "NonFiniteError", "SiteGraphs"]
 
@@ -178,7 +179,7 @@ class SiteGraphs:
                     f"{var} of site {name!r} has {tensor.shape[1]} tokens, but the grid {grid} holds "
                     f"{grid[0] * grid[1]}: pass patch tokens only, in row-major grid order"
                 )
-            if not bool(torch.isfinite(tensor).all()):
+            if not all_finite(tensor):
                 raise NonFiniteError(
                     f"{var} of site {name!r} holds NaN or infinity: the model produced non-finite attention "
                     "for this input; re-probe it (check its inputs and precision) or leave the site out (layers=)"

@@ -57,8 +57,8 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 import torch
-from threadpoolctl import threadpool_limits
 
+from interpret_spectral.spectral.threads import single_thread
 from interpret_spectral.spectral.finish import apply_numpy, check_components, finish
 from interpret_spectral.spectral.registry import Registry
 
@@ -235,7 +235,7 @@ def solve_exact(
         if method == "eigh":
             # One BLAS thread: LAPACK's tridiagonalisation gains little from threads at these sizes,
             # and OpenBLAS threads spinning against torch's threads made it 5-20x slower on 2 cores.
-            with threadpool_limits(limits=1, user_api="blas"):
+            with single_thread("blas"):
                 _, x = scipy.linalg.eigh(m, subset_by_index=[n - n_components, n - 1])
             iterations = 1
         else:
@@ -248,7 +248,7 @@ def solve_exact(
             linear = scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec, dtype=np.float64)
             # One BLAS thread: ARPACK's products are single vectors, for which threads only add overhead;
             # on 2 busy cores they made a 1024-token solve 20x slower (4.8 s against 0.22 s).
-            with threadpool_limits(limits=1, user_api="blas"):
+            with single_thread("blas"):
                 _, x = scipy.sparse.linalg.eigsh(linear, k=n_components, which="LA", v0=rng.standard_normal(n),
                                                  tol=tol, maxiter=maxiter)
             iterations = count[0]

@@ -33,7 +33,7 @@ from interpret_spectral.store.sites import TOKEN_KINDS
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "StoreError", "StoreLockedError", "StoreIntegrityError",
-    "DESCRIPTIONS", "SITE_ATTRS", "MAX_SCALE", "parse_format_version", "plain_attrs", "validate_store",
+    "DESCRIPTIONS", "SITE_ATTRS", "MAX_SCALE", "all_finite", "parse_format_version", "plain_attrs", "validate_store",
 ]
 
 FORMAT = "interpret_spectral.store"
@@ -78,6 +78,38 @@ def _package_version() -> str:
     from interpret_spectral._version import __version__
 
     return __version__
+
+
+def all_finite(values: Any) -> bool:
+    """Whether every element of a numpy array or torch tensor is finite (no NaN, no infinity).
+
+    One float64 sum decides for float16/float32 data (a NaN or an infinity makes the
+    sum non-finite, and float64 cannot overflow on a sum of float32 values), which
+    reads the data once without allocating a mask; only a non-finite sum (or float64
+    data, whose sum can overflow) is checked element by element.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> all_finite(np.ones((2, 3), dtype=np.float32)), all_finite(np.array([1.0, np.nan]))
+    (True, False)
+    >>> all_finite(np.array([np.inf, -np.inf], dtype=np.float32))
+    False
+    """
+    if hasattr(values, "detach"):  # a torch tensor
+        import torch
+
+        if values.dtype in (torch.float16, torch.bfloat16, torch.float32) and values.numel():
+            if math.isfinite(float(values.sum(dtype=torch.float64))):
+                return True
+        return bool(torch.isfinite(values).all())
+    array = np.asarray(values)
+    if array.dtype.kind != "f" and array.dtype.kind != "c":
+        return True
+    if array.dtype in (np.float16, np.float32) and array.size:
+        if math.isfinite(float(np.add.reduce(array, axis=None, dtype=np.float64))):
+            return True
+    return bool(np.isfinite(array).all())
 
 
 def parse_format_version(value: Any, source: str = "store") -> int:
