@@ -26,7 +26,9 @@ from interpret_spectral.capture.placement import model_placement, place_model, t
 from interpret_spectral.capture.rebuild import rebuild_errors
 from interpret_spectral.capture.registry import resolve_adapter
 from interpret_spectral.capture.tapping import capture_batch, unwrap
+from interpret_spectral.store.format import all_finite
 from interpret_spectral.store.writer import create_store
+from interpret_spectral.store.zarr_store import is_zarr_path
 
 __all__ = [
     "probe", "capture_batch", "rebuild_errors", "select_sites", "to_model", "model_placement", "NonFiniteError",
@@ -56,6 +58,9 @@ def _check_finite(
     for site, variables in arrays.items():
         for var, values in variables.items():
             flat = values.reshape(len(ids), -1)
+            if all_finite(flat) and (store_dtype != "float16" or not flat.size
+                                     or max(-float(flat.min()), float(flat.max())) <= _FLOAT16_MAX):
+                continue  # the usual case, decided in one or three passes without a mask
             bad = ~np.isfinite(flat)
             why = "NaN or infinity"
             if store_dtype == "float16" and not bad.any():
@@ -168,7 +173,8 @@ def probe(
     layers : None, int, str or sequence
         Which sites to record (see :func:`select_sites`); all when None.
     out : path-like, optional
-        HDF5 file to write batch by batch (flushed after each); in memory when None.
+        Store to write batch by batch (flushed after each): an HDF5 file, or a zarr v3
+        store (a folder) when the name ends in ``.zarr``; in memory when None.
     batch_size : int
         Samples per forward pass.
     device : str or torch.device, optional
@@ -258,7 +264,11 @@ def probe(
         "device": str(device_used) if device_used is not None else "unknown",
         **(metadata or {}),
     }
-    writer = create_store(
+    if is_zarr_path(out):  # a zarr v3 store (a folder *.zarr); zarr is imported only then
+        from interpret_spectral.store.zarr_writer import create_zarr_store as make_store
+    else:
+        make_store = create_store
+    writer = make_store(
         sites,
         path=out,
         capture=capture,

@@ -52,6 +52,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     scale.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="run shards on the Dask cluster at ADDRESS (e.g. tcp://host:8786)")
     scale.add_argument("--shard-size", type=positive_int, default=8, help="images per task and shard (default 8)")
+    scale.add_argument("--shard-format", default="h5", choices=("h5", "zarr"),
+                       help="with --keep store: shards as HDF5 files (default) or zarr v3 stores")
     scale.add_argument("--keep", default="store", choices=("store", "vectors"),
                        help="store: write q/k/v (a sharded store with --workers/--scheduler); vectors: keep only "
                             "eigenvectors, eigenvalues, labels and contributions (needs --workers or --scheduler)")
@@ -124,7 +126,8 @@ def _run_distributed(args: argparse.Namespace, files: list[Path], graphs: list[s
     options = model_options(args, spec.kind)
     summary = run_analyze(
         files, args.out, model=str(args.model), weights=args.weights, workers=args.workers, scheduler=args.scheduler,
-        shard_size=args.shard_size, keep=args.keep, graphs=graphs, n_components=args.n_components,
+        shard_size=args.shard_size, keep=args.keep, shard_format=args.shard_format, graphs=graphs,
+        n_components=args.n_components,
         solver=args.solver, k=args.k, k_range=k_range, k_method=args.k_method, heads=args.heads, layers=layers,
         seed=args.seed, batch_size=args.batch_size, probe_options=options, model_name=model_label(spec),
         resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, **probe_options(args),

@@ -26,6 +26,7 @@ from xarray.core import indexing
 
 from interpret_spectral.store.files import inspect_file, is_checksum_error, open_error, sample_span
 from interpret_spectral.store.format import StoreError, StoreIntegrityError, validate_store
+from interpret_spectral.store.h5netcdf_sizes import install as install_size_cache
 
 __all__ = ["open_store", "require_complete", "site_names", "sample_ids", "patch_tokens", "verify_store"]
 
@@ -103,7 +104,8 @@ def open_store(path: str | os.PathLike[str]) -> xr.DataTree:
     Parameters
     ----------
     path : path-like
-        An HDF5 file written by :func:`create_store` or :func:`interpret_spectral.probe`, or
+        An HDF5 file written by :func:`create_store` or :func:`interpret_spectral.probe`, a
+        zarr v3 store (a folder ``*.zarr``, :mod:`interpret_spectral.store.zarr_store`), or
         the folder of a sharded store (:mod:`interpret_spectral.store.shards`: opened as one
         Dask-backed tree).
 
@@ -136,13 +138,23 @@ def open_store(path: str | os.PathLike[str]) -> xr.DataTree:
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"no store at {path}")
-    if path.is_dir():  # a sharded store (store/shards.py); a folder without manifest.json is refused there
+    if path.is_dir():
+        from interpret_spectral.store.zarr_store import is_zarr_store, read_zarr_tree
+
+        if is_zarr_store(path):  # a zarr v3 store (store/zarr_store.py): the same tree, the same checks
+            tree, facts = read_zarr_tree(path)
+            checked = _checked_tree(tree, str(path), facts.ids)
+            validate_store(checked, source=str(path))
+            _completeness(checked, facts.samples_requested, facts.writing_finished)
+            return checked
+        # a sharded store (store/shards.py); a folder without manifest.json is refused there
         from interpret_spectral.store.shards import open_sharded_store
 
         return open_sharded_store(path, open_store)
     if path.stat().st_size == 0:
         raise StoreError(f"{path} is empty (0 bytes); it is not a store: rerun the probe")
     facts = inspect_file(path)
+    install_size_cache()
     try:
         tree = xr.open_datatree(path, engine="h5netcdf", phony_dims="sort")
     except KeyboardInterrupt:
@@ -338,5 +350,10 @@ def patch_tokens(
     patch = np.flatnonzero(token_y >= 0)
     grid_w = int(node.attrs["grid_w"])
     order = patch[np.argsort(token_y[patch] * grid_w + token_x[patch], kind="stable")]
-    selection["token"] = order
+    if order.size and np.array_equal(order, np.arange(order[0], order[0] + order.size)):
+        # the usual layout (class/register tokens first, then the grid row by row): a slice is a
+        # plain view in memory and one hyperslab on disk, where a list of positions is a gather
+        selection["token"] = slice(int(order[0]), int(order[0]) + order.size)
+    else:
+        selection["token"] = order
     return np.asarray(data.isel(selection).values, dtype=np.float32)

@@ -1,9 +1,10 @@
 """Sharded stores: a folder of single-file stores, one per range of samples, opened as one.
 
 A sharded store is a folder holding ``manifest.json`` and shard files
-``shard-00000.h5``, ``shard-00001.h5``, ...  Every shard is a complete store of its
-own (the single-file format, checksums and crash safety included) holding one range
-of the samples.  The manifest lists the shards, their sample ids, the model /
+``shard-00000.h5``, ``shard-00001.h5``, ... (or zarr v3 stores ``shard-00000.zarr``, ...:
+``shard_format="zarr"``, the format object stores need; one store holds shards of one
+format, recorded in the manifest).  Every shard is a complete store of its own (the
+store format, checksums and crash safety included) holding one range of the samples.  The manifest lists the shards, their sample ids, the model /
 adapter / layout fingerprint every shard must share and, written last (by atomic
 replace), whether the store is ``complete``.
 
@@ -40,11 +41,13 @@ import numpy as np
 from interpret_spectral.store.atomic import pid_alive, remove_path, replacing_file
 from interpret_spectral.store.files import inspect_file
 from interpret_spectral.store.format import FORMAT, StoreError
+from interpret_spectral.store.zarr_store import inspect_zarr, is_zarr_store, zarr_layout
 
 __all__ = [
     "NotAShardedStoreError",
     "MANIFEST",
     "SHARDED_FORMAT",
+    "SHARD_FORMATS",
     "is_sharded_store",
     "shard_name",
     "shard_path",
@@ -62,6 +65,8 @@ __all__ = [
 MANIFEST = "manifest.json"
 SHARDED_FORMAT = "interpret_spectral.sharded_store"
 SHARDED_VERSION = 1
+#: Shard formats and their file name endings: HDF5 files, or zarr v3 stores (folders).
+SHARD_FORMATS = {"h5": ".h5", "zarr": ".zarr"}
 
 
 class NotAShardedStoreError(StoreError, IsADirectoryError):
@@ -79,31 +84,42 @@ def is_sharded_store(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def shard_name(index: int) -> str:
-    """The file name of shard ``index``.
+def _shard_format(shard_format: str) -> str:
+    if shard_format not in SHARD_FORMATS:
+        raise ValueError(f"shard_format must be one of {sorted(SHARD_FORMATS)}, got {shard_format!r}")
+    return shard_format
+
+
+def shard_name(index: int, shard_format: str = "h5") -> str:
+    """The file (or, for zarr, folder) name of shard ``index``.
 
     Examples
     --------
-    >>> shard_name(3)
-    'shard-00003.h5'
+    >>> shard_name(3), shard_name(3, "zarr")
+    ('shard-00003.h5', 'shard-00003.zarr')
     """
     if int(index) < 0:
         raise ValueError(f"a shard index is >= 0, got {index}")
-    return f"shard-{int(index):05d}.h5"
+    return f"shard-{int(index):05d}{SHARD_FORMATS[_shard_format(shard_format)]}"
 
 
-def shard_path(folder: str | os.PathLike[str], index: int) -> Path:
+def shard_path(folder: str | os.PathLike[str], index: int, shard_format: str | None = None) -> Path:
     """Where shard ``index`` of the store in ``folder`` is written.
+
+    ``shard_format`` None takes the format the folder's manifest records (``"h5"`` when
+    there is no manifest yet).
 
     Examples
     --------
-    >>> shard_path("store", 1).as_posix()
-    'store/shard-00001.h5'
+    >>> shard_path("store", 1).as_posix(), shard_path("store", 1, "zarr").as_posix()
+    ('store/shard-00001.h5', 'store/shard-00001.zarr')
     """
-    return Path(folder) / shard_name(index)
+    if shard_format is None:
+        shard_format = read_manifest(folder)["shard_format"] if is_sharded_store(folder) else "h5"
+    return Path(folder) / shard_name(index, shard_format)
 
 
-def plan_shards(sample_ids: Sequence[str], shard_size: int) -> list[dict[str, Any]]:
+def plan_shards(sample_ids: Sequence[str], shard_size: int, shard_format: str = "h5") -> list[dict[str, Any]]:
     """Split sample ids into consecutive shards of at most ``shard_size`` samples.
 
     Parameters
@@ -112,6 +128,8 @@ def plan_shards(sample_ids: Sequence[str], shard_size: int) -> list[dict[str, An
         Every sample id of the store, in order (unique).
     shard_size : int
         Samples per shard.
+    shard_format : {"h5", "zarr"}
+        The shards' format (it names them).
 
     Returns
     -------
@@ -126,6 +144,7 @@ def plan_shards(sample_ids: Sequence[str], shard_size: int) -> list[dict[str, An
     ids = [str(s) for s in sample_ids]
     if isinstance(shard_size, bool) or int(shard_size) < 1:
         raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
+    _shard_format(shard_format)
     if not ids:
         raise ValueError("a sharded store needs at least one sample id")
     if len(set(ids)) != len(ids):
@@ -134,7 +153,7 @@ def plan_shards(sample_ids: Sequence[str], shard_size: int) -> list[dict[str, An
         raise ValueError(f"sample id {twice!r} is given twice; sample ids must be unique")
     size = int(shard_size)
     return [
-        {"name": shard_name(i), "start": start, "stop": min(start + size, len(ids)), "samples": ids[start:start + size]}
+        {"name": shard_name(i, shard_format), "start": start, "stop": min(start + size, len(ids)), "samples": ids[start:start + size]}
         for i, start in enumerate(range(0, len(ids), size))
     ]
 
@@ -180,6 +199,11 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(shards, list) or not shards or not all(isinstance(s, dict) and "name" in s and "samples" in s
                                                                for s in shards):
         raise StoreError(f"{path} lists no shards; rerun the job that wrote {folder}")
+    manifest.setdefault("shard_format", "h5")  # manifests written before zarr shards
+    suffix = SHARD_FORMATS.get(manifest["shard_format"])
+    if suffix is None or not all(str(s["name"]).endswith(suffix) for s in shards):
+        raise StoreError(f"{path} records shard_format {manifest['shard_format']!r} but lists shards "
+                         f"{[s['name'] for s in shards][:2]}...; the manifest was edited: rerun the job that wrote {folder}")
     return manifest
 
 
@@ -190,6 +214,7 @@ def create_sharded_store(
     *,
     resume: bool = False,
     metadata: dict[str, Any] | None = None,
+    shard_format: str = "h5",
 ) -> dict[str, Any]:
     """Write the plan of a sharded store (its manifest, not complete) into ``folder``.
 
@@ -205,6 +230,9 @@ def create_sharded_store(
         Keep an existing manifest with the same plan (its complete shards stay).
     metadata : dict, optional
         JSON-able facts recorded in the manifest (e.g. the run's settings).
+    shard_format : {"h5", "zarr"}
+        HDF5 shard files, or zarr v3 shard stores (for object stores); every shard of
+        the store has this format.
 
     Returns
     -------
@@ -226,13 +254,18 @@ def create_sharded_store(
     False
     """
     folder = Path(folder).expanduser()
-    shards = plan_shards(sample_ids, shard_size)
+    shards = plan_shards(sample_ids, shard_size, shard_format)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} is a file; a sharded store is a folder: choose another name")
     if is_sharded_store(folder):
         existing = read_manifest(folder)
         if not resume:
             raise FileExistsError(f"{folder} already holds a sharded store; resume it, or remove it first")
+        if existing["shard_format"] != shard_format:
+            raise StoreError(
+                f"{folder} holds a sharded store of {existing['shard_format']} shards, not {shard_format}; resume it "
+                f"with shard_format={existing['shard_format']!r}, or write to a new folder"
+            )
         if [s["samples"] for s in existing["shards"]] != [s["samples"] for s in shards]:
             raise StoreError(
                 f"{folder} holds a sharded store of other samples or another shard size; resume with the same "
@@ -244,6 +277,7 @@ def create_sharded_store(
     folder.mkdir(parents=True, exist_ok=True)
     manifest = {
         "format": SHARDED_FORMAT, "format_version": SHARDED_VERSION, "store_format": FORMAT,
+        "shard_format": shard_format,
         "shard_size": int(shard_size), "samples": sum(len(s["samples"]) for s in shards),
         "fingerprint": None, "metadata": dict(metadata or {}), "shards": shards, "complete": False,
     }
@@ -265,7 +299,8 @@ def _plain(value: Any) -> Any:
 def store_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What every shard of one store must share: model, adapter, input shape and site layout.
 
-    Read with h5py from the file's attributes and array shapes (no data is read).
+    Read from the store's attributes and array shapes (no data is read): with h5py from
+    an HDF5 shard, from the metadata of a zarr one.
 
     Examples
     --------
@@ -277,26 +312,38 @@ def store_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     >>> fingerprint["model"], fingerprint["sites"]["blocks.1.attn"]["grid"]
     ('planted', [4, 4])
     """
+    if is_zarr_store(path):
+        root_attrs, groups = zarr_layout(path)
+    else:
+        root_attrs, groups = _h5_layout(path)
+    root = {key: _plain(root_attrs.get(key)) for key in ("model", "adapter", "format_version", "input_shape",
+                                                          "preprocessing", "capture", "compute_dtype")}
+    sites: dict[str, Any] = {}
+    for name, (attrs, shapes) in groups.items():
+        if "order" not in attrs:
+            continue
+        arrays = {var: [dtype, list(shape[1:])] for var, (dtype, shape) in shapes.items()
+                  if var in ("q", "k", "v", "features")}
+        sites[name] = {
+            "order": _plain(attrs["order"]),
+            "grid": [_plain(attrs.get("grid_h")), _plain(attrs.get("grid_w"))],
+            "num_heads": _plain(attrs.get("num_heads")), "head_dim": _plain(attrs.get("head_dim")),
+            "arrays": arrays,
+        }
+    return {**{k: v for k, v in root.items() if v is not None}, "sites": sites}
+
+
+def _h5_layout(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, tuple[dict[str, Any], dict[str, Any]]]]:
+    """Root attributes, and per group its attributes and its datasets' ``(dtype, shape)``, read with h5py."""
     import h5py
 
     with h5py.File(path, "r") as handle:
-        root = {key: _plain(handle.attrs.get(key)) for key in ("model", "adapter", "format_version", "input_shape",
-                                                                "preprocessing", "capture", "compute_dtype")}
-        sites: dict[str, Any] = {}
-        for name, group in handle.items():
-            if not isinstance(group, h5py.Group) or "order" not in group.attrs:
-                continue
-            arrays = {
-                var: [str(group[var].dtype), list(group[var].shape[1:])]
-                for var in ("q", "k", "v", "features") if var in group
-            }
-            sites[name] = {
-                "order": _plain(group.attrs["order"]),
-                "grid": [_plain(group.attrs.get("grid_h")), _plain(group.attrs.get("grid_w"))],
-                "num_heads": _plain(group.attrs.get("num_heads")), "head_dim": _plain(group.attrs.get("head_dim")),
-                "arrays": arrays,
-            }
-    return {**{k: v for k, v in root.items() if v is not None}, "sites": sites}
+        groups = {
+            name: (dict(group.attrs), {var: (str(d.dtype), tuple(d.shape)) for var, d in group.items()
+                                       if isinstance(d, h5py.Dataset)})
+            for name, group in handle.items() if isinstance(group, h5py.Group)
+        }
+        return dict(handle.attrs), groups
 
 
 def _difference(expected: dict[str, Any], found: dict[str, Any]) -> str:
@@ -338,10 +385,10 @@ def shard_complete(folder: str | os.PathLike[str], entry: dict[str, Any]) -> boo
     False
     """
     path = Path(folder) / entry["name"]
-    if not path.is_file():
+    if not path.exists():
         return False
     try:
-        facts = inspect_file(path)
+        facts = inspect_zarr(path) if is_zarr_store(path) else inspect_file(path)
     except StoreError:
         return False
     if facts.ids != list(entry["samples"])[: len(facts.ids)]:
@@ -364,7 +411,20 @@ def missing_shards(folder: str | os.PathLike[str]) -> list[int]:
     [0, 1]
     """
     manifest = read_manifest(folder)
+    _check_one_format(Path(folder), manifest)
     return [i for i, entry in enumerate(manifest["shards"]) if not shard_complete(folder, entry)]
+
+
+def _check_one_format(folder: Path, manifest: dict[str, Any]) -> None:
+    """Refuse a shard of another format than the manifest's in the folder (one store, one shard format)."""
+    fmt = manifest["shard_format"]
+    for other, suffix in SHARD_FORMATS.items():
+        strays = sorted(folder.glob(f"shard-*{suffix}")) if other != fmt else []
+        if strays:
+            raise StoreError(
+                f"{folder} is a sharded store of {fmt} shards (its manifest) but holds {strays[0].name}, a {other} "
+                f"shard: a store holds shards of one format; remove it and rerun its samples as {fmt}"
+            )
 
 
 def seal_sharded_store(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -390,6 +450,7 @@ def seal_sharded_store(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
+    _check_one_format(folder, manifest)
     fingerprint = manifest.get("fingerprint")
     for entry in manifest["shards"]:
         done = shard_complete(folder, entry)
@@ -484,6 +545,7 @@ def open_sharded_store(
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
+    _check_one_format(folder, manifest)
     fingerprint = manifest.get("fingerprint")
     ready = [entry for entry in manifest["shards"] if shard_complete(folder, entry)]
     if not ready:

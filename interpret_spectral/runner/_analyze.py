@@ -1,12 +1,4 @@
-"""The Dask runner: the ``analyze`` job over many images, a shard of images per task.
-
-:func:`run_analyze` splits the images into shards and runs the pipeline's per-image
-job on each shard as one ``dask.distributed`` task: probe -> decompose (every graph
-kind) -> segment -> site contributions -> write.  ``workers=N`` starts a
-:class:`~distributed.LocalCluster` (worker processes with one thread and one torch
-thread each); ``scheduler=ADDRESS`` joins a cluster started elsewhere (dask-jobqueue,
-Kubernetes, dask-cuda: see ``docs/scaling.md``); ``client=`` uses one you hold.  The
-model is loaded once per worker process (a cached loader), never per task.
+"""``run_analyze``: the ``analyze`` job on a Dask cluster, a shard of images per task.
 
 The run folder ``out``::
 
@@ -23,18 +15,11 @@ mid-shard leaves nothing that looks complete: Dask reruns the task elsewhere and
 sample is lost or written twice.  ``resume=True`` redoes only the shards that are
 not complete.  With ``keep="vectors"`` q/k/v stay in the worker's memory and are
 never written: only eigenvectors, eigenvalues, labels and contributions are kept.
-
-Examples
---------
->>> summary = run_analyze(["photos/"], "out/photos", workers=2, image_size=224)  # doctest: +SKIP
->>> summary["images_per_second"]  # doctest: +SKIP
-1.3
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -47,15 +32,27 @@ from interpret_spectral.pipeline import (
     GraphResult,
     analyze_samples,
     concat_results,
-    image_files,
     summarize,
     write_results,
 )
 from interpret_spectral.pipeline.job import StepTimer
 from interpret_spectral.pipeline.outputs import top_sites
-from interpret_spectral.pipeline.run import probe_keywords
+from interpret_spectral.runner._cluster import (
+    check_model,
+    cluster,
+    image_plan,
+    load_worker_model,
+    logger,
+    model_key,
+    model_label,
+    probe_files,
+    probe_settings,
+    run_tasks,
+    warm_workers,
+)
 from interpret_spectral.store.atomic import partial_name, remove_path, replace_dir, replacing_file
 from interpret_spectral.store.shards import (
+    SHARD_FORMATS,
     create_sharded_store,
     plan_shards,
     remove_stale_partials,
@@ -64,23 +61,11 @@ from interpret_spectral.store.shards import (
     shard_path,
 )
 
-__all__ = ["KEEP", "SchedulerUnreachableError", "WorkerSetupError", "ShardJob", "run_analyze", "shard_done"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["KEEP", "ShardJob", "run_analyze", "shard_done"]
 
 KEEP = ("store", "vectors")
 _PLAN = "run.json"
 _RUN_FILES = ("summary.json",)
-_MODELS: dict[str, Any] = {}  # per worker process: the model, loaded once
-
-
-class SchedulerUnreachableError(ConnectionError):
-    """The Dask scheduler at the address given does not answer."""
-
-
-class WorkerSetupError(RuntimeError):
-    """A Dask worker could not load the model (or import what the job needs)."""
-
 
 @dataclass(frozen=True)
 class ShardJob:
@@ -103,29 +88,6 @@ class ShardJob:
 
 
 # -- on the workers -----------------------------------------------------------------------------
-def _load_model(model: Any, key: str, weights: str | None, device: str | None, torch_threads: int) -> Any:
-    """The worker's model, loaded on first use and cached in the worker process."""
-    import torch
-
-    if torch.get_num_threads() != torch_threads:
-        torch.set_num_threads(torch_threads)
-    if key not in _MODELS:
-        if isinstance(model, str):
-            from interpret_spectral.models.loaders import load_model
-
-            _MODELS[key] = load_model(model, weights, device=device)
-        else:
-            loaded = model()
-            _MODELS[key] = loaded.to(device) if device is not None and hasattr(loaded, "to") else loaded
-    return _MODELS[key]
-
-
-def _warm_worker(model: Any, key: str, weights: str | None, device: str | None, torch_threads: int) -> int:
-    """Load the model on one worker (``client.run``); returns the worker's process id."""
-    _load_model(model, key, weights, device, torch_threads)
-    return os.getpid()
-
-
 def _shard_folder(out: Path, index: int) -> Path:
     return out / "shards" / f"shard-{index:05d}"
 
@@ -148,15 +110,14 @@ def _write_shard_results(folder: Path, results: dict[str, GraphResult], summary:
 
 def _run_shard(job: ShardJob) -> dict[str, Any]:
     """The task: probe -> the pipeline's per-image job -> write the shard (on a worker)."""
-    from interpret_spectral.capture.engine import probe
-
     started = time.perf_counter()
-    device = job.settings.device
-    model = _load_model(job.model, job.model_key, job.weights, device, job.torch_threads)
+    model = load_worker_model(job.model, job.model_key, job.weights, job.settings.device, job.torch_threads)
     out = Path(job.out)
     timer = StepTimer()
-    options = dict(job.probe_options)
-    metadata = {"model_name": job.model_name} if job.model_name else None
+
+    def probed(into: Any) -> Any:
+        return probe_files(model, job.files, job.ids, out=into, layers=job.layers, batch_size=job.batch_size,
+                           model_name=job.model_name, options=job.probe_options)
 
     def analyze_store(store: Any) -> tuple[dict[str, GraphResult], dict[str, Any]]:
         results = analyze_samples(store, job.settings, progress=False, timer=timer)
@@ -165,16 +126,14 @@ def _run_shard(job: ShardJob) -> dict[str, Any]:
     step = time.perf_counter()
     if job.keep == "store":
         with replacing_file(shard_path(out / "store", job.index)) as tmp:
-            store = probe(model, job.files, out=tmp, layers=job.layers, batch_size=job.batch_size, progress=False,
-                          sample_ids=job.ids, metadata=metadata, **options)
+            store = probed(tmp)
             timer.add("probe", step)
             try:
                 results, summary = analyze_store(store)
             finally:
                 store.close()
     else:
-        store = probe(model, job.files, layers=job.layers, batch_size=job.batch_size, progress=False,
-                      sample_ids=job.ids, metadata=metadata, **options)
+        store = probed(None)
         timer.add("probe", step)
         results, summary = analyze_store(store)
         del store
@@ -200,42 +159,6 @@ def shard_done(out: str | os.PathLike[str], index: int, samples: Sequence[str], 
     if keep == "vectors":
         return True
     return shard_complete(out / "store", {"name": shard_path(out / "store", index).name, "samples": list(samples)})
-
-
-def _connect(workers: int | None, scheduler: str | None, client: Any, connect_timeout: float) -> tuple[Any, Any, bool]:
-    """(client, cluster or None, whether we own the client)."""
-    try:
-        from distributed import Client, LocalCluster
-    except ModuleNotFoundError as error:
-        raise ModuleNotFoundError("the Dask runner needs dask.distributed: pip install 'interpret-spectral[scale]'") from error
-    given = sum(x is not None for x in (workers, scheduler, client))
-    if given != 1:
-        raise ValueError("give exactly one of workers=N (a local cluster), scheduler=ADDRESS or client=")
-    if client is not None:
-        return client, None, False
-    if scheduler is not None:
-        try:
-            return Client(scheduler, timeout=f"{connect_timeout}s"), None, True
-        except (OSError, TimeoutError) as error:
-            raise SchedulerUnreachableError(
-                f"cannot reach the Dask scheduler at {scheduler} within {connect_timeout:g} s ({type(error).__name__}); "
-                "start one (`dask scheduler`, dask-jobqueue, ...) and give its address, e.g. tcp://host:8786"
-            ) from None
-    if isinstance(workers, bool) or int(workers) < 1:  # type: ignore[arg-type]
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None,
-                           memory_limit=0, env=threads)
-    return Client(cluster), cluster, True
-
-
-def _dashboard(client: Any) -> str:
-    """``; dashboard <link>`` when the cluster serves one (its address), else nothing."""
-    try:
-        link = client.dashboard_link
-    except Exception:  # no dashboard (bokeh absent or disabled)
-        return ""
-    return f"; dashboard {link}" if link else ""
 
 
 def _check_plan(out: Path, plan: dict[str, Any], resume: bool, overwrite: bool) -> None:
@@ -313,6 +236,7 @@ def run_analyze(
     client: Any = None,
     shard_size: int = 8,
     keep: str = "store",
+    shard_format: str = "h5",
     graphs: Sequence[Any] = ("qk", "vv"),
     n_components: int = 10,
     solver: Any = "exact",
@@ -361,6 +285,8 @@ def run_analyze(
     keep : {"store", "vectors"}
         ``"store"`` writes q/k/v as a sharded store in ``out/store``; ``"vectors"``
         keeps q/k/v in memory only and writes just the results.
+    shard_format : {"h5", "zarr"}
+        With ``keep="store"``: shards as HDF5 files or zarr v3 stores.
     graphs, n_components, solver, k, k_range, k_method, heads, seed
         As :func:`interpret_spectral.pipeline.analyze`.
     layers : optional
@@ -414,31 +340,22 @@ def run_analyze(
     --------
     >>> run_analyze("photos/", "out/run", workers=2, keep="vectors", image_size=224)  # doctest: +SKIP
     """
-    from interpret_spectral.capture.inputs import list_inputs
-
     if keep not in KEEP:
         raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
     if isinstance(shard_size, bool) or int(shard_size) < 1:
         raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
-    if not isinstance(model, str) and not callable(model):
-        raise TypeError(f"model must be a load_model() spec or a function that returns the model, got {type(model).__name__}")
-    if isinstance(model, str):
-        from interpret_spectral.models.loaders import parse_model_spec
-
-        parse_model_spec(model)
+    if shard_format not in SHARD_FORMATS:
+        raise ValueError(f"shard_format must be one of {sorted(SHARD_FORMATS)}, got {shard_format!r}")
+    check_model(model)
     settings = AnalyzeSettings(graphs=tuple(graphs), n_components=n_components, solver=solver, heads=heads, seed=seed,
                                k=k, k_range=k_range, k_method=k_method, device=device)
-    paths = [images] if isinstance(images, (str, os.PathLike)) else list(images)
-    files = image_files(paths, limit)
-    ids = [item.sample_id for item in list_inputs(files)[0]]
+    files, ids = image_plan(images, limit)
     out = Path(out).expanduser()
-    options = dict(probe_options or {})
-    if image_size is not None:
-        options["image_size"] = int(image_size)
-    options.update(probe_keywords(device, dtype, store_dtype))
+    options = probe_settings(probe_options, image_size, device, dtype, store_dtype)
     shards = plan_shards(ids, shard_size)
     plan = {"files": [str(f) for f in files], "ids": ids, "shard_size": int(shard_size), "keep": keep,
-            "model": model if isinstance(model, str) else getattr(model, "__name__", "a loader function"),
+            "shard_format": shard_format,
+            "model": model_label(model),
             "settings": _settings_json(settings), "probe_options": {k: str(v) for k, v in options.items()}}
     _check_plan(out, plan, resume, overwrite)
     final = out
@@ -469,28 +386,17 @@ def _run_planned(out: Path, final: Path, plan: dict[str, Any], shards: list[dict
                  options: dict[str, Any], model_name: Any, layers: Any, batch_size: int, retries: int,
                  progress: bool, device: Any, shard_size: int) -> dict[str, Any]:
     """Run the planned shards into ``out`` (``final`` itself, or its staging folder) and join them."""
-
-    from dask.base import tokenize
-
-    key = model if isinstance(model, str) else tokenize(model)
+    key = model_key(model)
     setup = time.perf_counter()
-    client_, cluster, owned = _connect(workers, scheduler, client, connect_timeout)
-    try:
-        try:
-            pids = client_.run(_warm_worker, model, key, None if weights is None else str(weights), device, 1)
-        except Exception as error:  # the worker's own exception, re-raised here
-            raise WorkerSetupError(
-                f"a Dask worker could not load the model {model if isinstance(model, str) else key}: "
-                f"{type(error).__name__}: {' '.join(str(error).split())}"
-            ) from None
-        logger.info("%d Dask worker(s) ready (processes %s)%s", len(pids), sorted(pids.values()), _dashboard(client_))
+    with cluster(workers, scheduler, client, connect_timeout) as client_:
+        warm_workers(client_, model, key, None if weights is None else str(weights), device)
         setup = time.perf_counter() - setup
         started = time.perf_counter()  # images per second: after the cluster and the models are up
         out.mkdir(parents=True, exist_ok=True)
         with replacing_file(out / _PLAN) as tmp:
             tmp.write_text(json.dumps(plan, indent=1) + "\n")
         if keep == "store":
-            create_sharded_store(out / "store", ids, shard_size, resume=True,
+            create_sharded_store(out / "store", ids, shard_size, resume=True, shard_format=plan["shard_format"],
                                  metadata={"run": str(final), "model": plan["model"]})
         todo = [i for i, s in enumerate(shards) if not shard_done(out, i, s["samples"], keep)]
         logger.info("%d shard(s) of %d image(s) to run, %d already complete", len(todo), len(ids),
@@ -502,34 +408,8 @@ def _run_planned(out: Path, final: Path, plan: dict[str, Any], shards: list[dict
                      model_name=model_name, layers=layers, batch_size=int(batch_size))
             for i in todo
         ]
-        _run_jobs(client_, jobs, retries, progress)
-    finally:
-        if owned:
-            client_.close()
-        if cluster is not None:
-            cluster.close()
+        run_tasks(client_, _run_shard, jobs, retries, progress)
     return _finish(out, shards, settings, keep, time.perf_counter() - started, len(todo), setup)
-
-
-def _run_jobs(client: Any, jobs: list[ShardJob], retries: int, progress: bool) -> None:
-    from distributed import as_completed
-    from tqdm.auto import tqdm
-
-    futures = {client.submit(_run_shard, job, retries=int(retries), pure=False, key=f"shard-{job.index}-{os.getpid()}-"
-                             f"{time.time_ns()}"): job for job in jobs}
-    with tqdm(total=len(futures), desc="shards", unit="shard", disable=not progress) as bar:
-        for future in as_completed(futures):
-            job = futures[future]
-            try:
-                future.result()
-            except Exception as error:
-                for other in futures:
-                    other.cancel()
-                raise RuntimeError(
-                    f"shard {job.index} ({job.ids[0]}..{job.ids[-1]}) failed: {type(error).__name__}: "
-                    f"{' '.join(str(error).split())}"
-                ) from error
-            bar.update(1)
 
 
 def _finish(out: Path, shards: list[dict[str, Any]], settings: AnalyzeSettings, keep: str, wall: float,
