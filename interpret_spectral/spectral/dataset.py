@@ -27,7 +27,9 @@ objects :func:`~interpret_spectral.decompose` uses:
   by ARPACK; for datasets whose graph fits in memory.
 
 The store is read one site at a time, in contiguous runs of samples, so memory
-holds one site's unit features for all samples plus the pass's sparse graphs.
+holds one site's unit features for all samples plus the pass's sparse graphs.  With
+``client=`` (a ``distributed.Client``) the exact solver's brute-force neighbours are
+computed in row blocks on the Dask cluster (:mod:`interpret_spectral.spectral.blocks`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import numpy as np
 import xarray as xr
 
 from interpret_spectral.spectral.adam import CHECKPOINT_SUFFIXES
+from interpret_spectral.spectral.blocks import check_client
 from interpret_spectral.spectral.dataset_graphs import MinibatchOperator, Settings, full_operator, sources
 from interpret_spectral.spectral.dataset_options import one_timestep_per_image
 from interpret_spectral.spectral.dataset_options import weight_by_resolution as resolution_weights
@@ -126,6 +129,7 @@ def decompose_dataset(
     random_timestep: bool = False,
     moving_average: float | None = None,
     allow_incomplete: bool = False,
+    client: Any = None,
 ) -> xr.Dataset:
     """One set of eigenvector maps for every sample of a store, from cross-image graphs.
 
@@ -221,6 +225,13 @@ def decompose_dataset(
     allow_incomplete : bool
         Decompose a store that holds fewer samples than its probe was asked for (by
         default refused, with how to resume).
+    client : distributed.Client, optional
+        Full-graph solvers (``exact``): build every site's brute-force neighbours in
+        row blocks on this Dask cluster (:mod:`interpret_spectral.spectral.blocks`;
+        the keys are sent once per site to every worker), with a result identical to
+        the one-process search.  The approximate (FAISS) search, when ``neighbours``
+        chooses it, and the eigensolver run in this process.  Not for minibatch
+        solvers (``adam``), whose per-minibatch graphs are small.
 
     Returns
     -------
@@ -240,6 +251,8 @@ def decompose_dataset(
         For unknown options, too few tokens for ``n_components``, a store without
         the variables the graph needs, non-finite tokens (naming the site and the
         samples), or a checkpoint written with other settings.
+    RuntimeError
+        When ``client`` is closed or its cluster has no workers (before any work).
     MemoryError
         When the estimated memory exceeds what the machine has, before allocating.
 
@@ -280,6 +293,13 @@ def decompose_dataset(
         if checkpoint_path.suffix not in CHECKPOINT_SUFFIXES:
             raise ValueError(f"checkpoint must end in {' or '.join(CHECKPOINT_SUFFIXES)}, got {checkpoint_path}")
 
+    if client is not None:
+        if solver_obj.minibatch:
+            raise ValueError(
+                f"client= applies to full-graph solvers (solver='exact'); the minibatch {solver_obj.name!r} solver "
+                "builds small per-minibatch graphs in this process: pass client=None"
+            )
+        check_client(client)
     ids = sample_ids(tree)
     n_samples = len(ids)
     if n_samples < 1:
@@ -313,7 +333,8 @@ def decompose_dataset(
     )
     if neighbours not in NEIGHBOUR_METHODS:
         raise ValueError(f"neighbours must be one of {NEIGHBOUR_METHODS}, got {neighbours!r}")
-    settings = Settings(kind, intra, inter, float(threshold), out_grid, resample, chunk_size, neighbours=neighbours)
+    settings = Settings(kind, intra, inter, float(threshold), out_grid, resample, chunk_size, neighbours=neighbours,
+                        client=client)
     started = time.perf_counter()
     options = dict(solver_options or {})
     if solver_obj.minibatch:

@@ -73,6 +73,8 @@ class Settings:
     resample: str
     chunk_size: int | None
     neighbours: str = "auto"  # cross-image neighbours: "auto", "exact" or "approximate" (topk.NEIGHBOUR_METHODS)
+    # a distributed.Client: the brute-force neighbours in row blocks on its cluster (spectral.blocks)
+    client: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def sources(tree: xr.DataTree, kind: GraphKind, layers: Any, timesteps: Any) -> list[Source]:
@@ -127,7 +129,7 @@ def _walk(query: torch.Tensor, key: torch.Tensor, source: Source, settings: Sett
     width = query.shape[-1]
     values, indices = intra_inter_topk(
         query.reshape(-1, width), key.reshape(-1, width), source.tokens, settings.intra, settings.inter,
-        chunk_size=settings.chunk_size, neighbours=settings.neighbours,
+        chunk_size=settings.chunk_size, neighbours=settings.neighbours, client=settings.client,
     )
     return walk_matrix(values.numpy(), indices.numpy(), settings.threshold)
 

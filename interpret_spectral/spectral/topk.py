@@ -7,11 +7,15 @@ symmetrised, row-normalised sparse random walk ``D^-1 (A + A^T) / 2``.
 The neighbours within an image are always exact.  Across images, brute force is
 ``O(N^2)`` in tokens (1,000 images of 16x16 tokens: 2.5e13 multiply-adds per site of
 384 channels), so past :data:`EXACT_LIMIT` tokens (``neighbours="auto"``) they are
-searched approximately with FAISS (an inverted-file index of ``4 sqrt(N)`` k-means
-lists over the keys, ``nprobe`` lists searched per query, each image's own tokens
-excluded inside the search, OpenMP-parallel over the queries of an image); FAISS is
-the ``scale`` extra.  ``tests/test_neighbours.py`` measures its recall@k against brute
-force and ``benchmarks/bench_dataset_scale.py`` at 256k tokens.
+searched approximately (:func:`~interpret_spectral.spectral.ivf.grouped_ivf_topk`: an
+inverted file of ``sqrt(N)`` lists from FAISS's k-means over the keys, queries grouped
+by their nearest list and compared with the keys of the ``nprobe`` lists nearest to
+the group by one matrix product, each image's own tokens masked out); FAISS is the
+``scale`` extra.  ``tests/test_neighbours.py`` and ``tests/test_ivf.py`` measure its
+recall@k against brute force and ``benchmarks/bench_dataset_scale.py`` at 256k tokens.  With a Dask
+``client`` the brute-force search runs in row blocks on its cluster
+(:mod:`interpret_spectral.spectral.blocks`), with the same result; the approximate
+search stays in this process.
 
 Examples
 --------
@@ -24,13 +28,18 @@ Examples
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["NEIGHBOUR_METHODS", "EXACT_LIMIT", "DEFAULT_NPROBE", "intra_inter_topk", "walk_matrix"]
+from interpret_spectral.spectral.blocks import blocked_topk, exact_block
+from interpret_spectral.spectral.ivf import DEFAULT_GROUP_NPROBE, grouped_ivf_topk
+
+__all__ = [
+    "NEIGHBOUR_METHODS", "EXACT_LIMIT", "DEFAULT_NPROBE", "intra_inter_topk", "walk_matrix", "images_per_chunk",
+]
 
 # Query chunks hold at most this many similarities (float32: 64 MiB).
 _CHUNK_ELEMENTS = 1 << 24
@@ -38,8 +47,8 @@ _CHUNK_ELEMENTS = 1 << 24
 NEIGHBOUR_METHODS: tuple[str, ...] = ("auto", "exact", "approximate")
 #: ``neighbours="auto"`` searches approximately above this many tokens (e.g. 256 images of 16x16).
 EXACT_LIMIT = 65536
-#: Inverted lists searched per query by the approximate search.
-DEFAULT_NPROBE = 24
+#: Inverted lists searched per group of queries by the approximate search.
+DEFAULT_NPROBE = DEFAULT_GROUP_NPROBE
 
 
 @torch.no_grad()
@@ -54,6 +63,8 @@ def intra_inter_topk(
     neighbours: str = "auto",
     exact_limit: int = EXACT_LIMIT,
     nprobe: int = DEFAULT_NPROBE,
+    client: Any = None,
+    block_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k neighbours of every token within its own image and across the other images.
 
@@ -86,6 +97,15 @@ def intra_inter_topk(
     nprobe : int
         Inverted lists searched per query (approximate search): more is slower and
         closer to exact.
+    client : distributed.Client, optional
+        Compute the brute-force search in row blocks on this Dask cluster
+        (:func:`~interpret_spectral.spectral.blocks.blocked_topk`): the result is
+        identical to the one-process search.  The approximate search always runs in
+        this process (FAISS's index is built once over all keys and is OpenMP-parallel
+        already), with or without a client.
+    block_size : int, optional
+        With ``client``: query tokens per task, rounded down to whole chunks; by default
+        about four tasks per worker.
 
     Returns
     -------
@@ -124,34 +144,25 @@ def intra_inter_topk(
         raise ValueError(f"neighbours must be one of {NEIGHBOUR_METHODS}, got {neighbours!r}")
     if _approximate(neighbours, total, exact_limit) and k_inter:
         return _approximate_topk(query, key, n, k_intra, k_inter, int(nprobe), chunk_size)
+    per_chunk = images_per_chunk(n, total, chunk_size)
+    if client is not None:
+        return blocked_topk(client, query, key, n, k_intra, k_inter, per_chunk, block_size)
+    return exact_block(query, key, n, 0, n_images, k_intra, k_inter, per_chunk)
+
+
+def images_per_chunk(tokens_per_image: int, total: int, chunk_size: int | None) -> int:
+    """Whole images of queries per chunk of the brute-force search (at least one).
+
+    Examples
+    --------
+    >>> images_per_chunk(256, 256 * 1000, None), images_per_chunk(256, 256 * 1000, 1000)
+    (1, 3)
+    """
     if chunk_size is None:
-        images_per_chunk = max(1, _CHUNK_ELEMENTS // (n * total))
-    else:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        images_per_chunk = max(1, int(chunk_size) // n)
-    values = torch.empty(total, k_intra + k_inter, dtype=query.dtype)
-    indices = torch.empty(total, k_intra + k_inter, dtype=torch.int64)
-    self_loops = torch.eye(n, dtype=torch.bool)
-    for first in range(0, n_images, images_per_chunk):
-        last = min(first + images_per_chunk, n_images)
-        rows = slice(first * n, last * n)
-        chunk = last - first
-        sims = (query[rows] @ key.T).view(chunk, n, n_images, n)
-        own = torch.arange(chunk)
-        images = torch.arange(first, last)
-        if k_intra:
-            block = sims[own, :, images, :]  # (chunk, n, n): each image against itself
-            block = block.masked_fill(self_loops, float("-inf"))
-            v, i = block.topk(k_intra, dim=-1)
-            values[rows, :k_intra] = v.reshape(-1, k_intra)
-            indices[rows, :k_intra] = (i + images.view(-1, 1, 1) * n).reshape(-1, k_intra)
-        if k_inter:
-            sims[own, :, images, :] = float("-inf")  # the intra block above is a copy
-            v, i = sims.view(chunk * n, total).topk(k_inter, dim=-1)
-            values[rows, k_intra:] = v
-            indices[rows, k_intra:] = i
-    return values, indices
+        return max(1, _CHUNK_ELEMENTS // (tokens_per_image * total))
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return max(1, int(chunk_size) // tokens_per_image)
 
 
 def walk_matrix(values: np.ndarray, indices: np.ndarray, threshold: float) -> sp.csr_matrix:
@@ -213,31 +224,15 @@ def _intra_topk(query: torch.Tensor, key: torch.Tensor, n: int, k: int, chunk_si
         indices[rows, :k] = (i + torch.arange(first, last).view(-1, 1, 1) * n).reshape(-1, k)
 
 
-@torch.no_grad()
 def _approximate_topk(query: torch.Tensor, key: torch.Tensor, n: int, k_intra: int, k_inter: int, nprobe: int,
                       chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact intra neighbours, FAISS inverted-file inter neighbours (own image excluded in the search)."""
-    import faiss
-
-    total, width = query.shape
+    """Exact intra neighbours; inter neighbours by the grouped inverted-file search (own image excluded)."""
+    total = query.shape[0]
     values = torch.empty(total, k_intra + k_inter, dtype=query.dtype)
     indices = torch.empty(total, k_intra + k_inter, dtype=torch.int64)
     if k_intra:
         _intra_topk(query, key, n, k_intra, chunk_size, values, indices)
-    keys = np.ascontiguousarray(key.numpy(), dtype=np.float32)
-    queries = np.ascontiguousarray(query.numpy(), dtype=np.float32)
-    lists = int(max(1, min(4 * math.sqrt(total), total // 39)))
-    quantizer = faiss.IndexFlatIP(width)
-    index = faiss.IndexIVFFlat(quantizer, width, lists, faiss.METRIC_INNER_PRODUCT)
-    train = np.random.default_rng(0).choice(total, size=min(total, 40 * lists), replace=False)
-    index.train(keys[np.sort(train)])
-    index.add(keys)
-    for first in range(0, total, n):  # one image's queries at a time: its own tokens are excluded in the search
-        outside = faiss.IDSelectorNot(faiss.IDSelectorRange(first, first + n))
-        params = faiss.SearchParametersIVF(sel=outside, nprobe=min(nprobe, lists))
-        found, ids = index.search(queries[first:first + n], k_inter, params=params)
-        missing = ids < 0  # fewer than k_inter candidates in the probed lists
-        found[missing], ids[missing] = -np.inf, 0
-        values[first:first + n, k_intra:] = torch.from_numpy(found).to(values.dtype)
-        indices[first:first + n, k_intra:] = torch.from_numpy(ids)
+    found, ids = grouped_ivf_topk(query, key, n, k_inter, nprobe=nprobe)
+    values[:, k_intra:] = found.to(values.dtype)
+    indices[:, k_intra:] = ids
     return values, indices
