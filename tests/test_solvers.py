@@ -98,7 +98,7 @@ def _random_problem(seed: int = 4):
     return LayerDistributedOperator(graphs, out_grid), m / 12
 
 
-@pytest.mark.parametrize("method", ["eigh", "lanczos", "lobpcg"])
+@pytest.mark.parametrize("method", ["eigh", "torch", "lanczos", "lobpcg"])
 def test_exact_equals_dense_reference(method):
     op, m = _random_problem()
     w, v = np.linalg.eigh(m)
@@ -122,6 +122,25 @@ def test_exact_auto_picks_by_size():
     assert solve_exact(op, 3).method == "eigh"
     assert solve_exact(op, 3, dense_threshold=50).method == "lanczos"
     assert solve_exact(op, 3, dense_threshold=50, max_dense_bytes=1000).method == "lobpcg"
+
+
+def test_exact_auto_solves_on_the_operators_device():
+    """An operator on a GPU is solved there (method "torch"); its M is never copied to the host."""
+    op, m = _random_problem()
+
+    class OnAccelerator:  # the operator as decompose(device="cuda") builds it, seen from the solver
+        size, dtype, device = op.size, op.dtype, torch.device("cuda")
+
+        def dense_tensor(self):
+            return op.dense_tensor()
+
+        def dense(self):
+            raise AssertionError("the explicit M was copied to the host")
+
+    solution = solve_exact(OnAccelerator(), 4)
+    assert solution.method == "torch"
+    w, v = np.linalg.eigh(m)
+    assert subspace_angles(solution.vectors, v[:, -4:]).max() < 1e-6
 
 
 def test_exact_top_vector_is_near_constant_and_kept():

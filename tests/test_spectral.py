@@ -215,3 +215,16 @@ def test_a_store_without_samples_is_refused(tmp_path):
     create_store([site], path=tmp_path / "e.h5").close()
     with pytest.raises(StoreError, match="holds no samples"):
         decompose(tmp_path / "e.h5", progress=False)
+
+
+def test_decompose_returns_the_contributions_site_contributions_computes():
+    """return_contributions: bitwise the same decomposition and contributions, the graphs computed once."""
+    store = planted_store(n_samples=2)
+    plain = decompose(store, n_components=3, progress=False)
+    both, contributions = decompose(store, n_components=3, progress=False, return_contributions=True)
+    np.testing.assert_array_equal(both["vectors"].values, plain["vectors"].values)
+    np.testing.assert_array_equal(both["values"].values, plain["values"].values)
+    reference = site_contributions(store, plain)
+    assert contributions["contribution"].dims == reference["contribution"].dims
+    np.testing.assert_array_equal(contributions["contribution"].values, reference["contribution"].values)
+    assert contributions["used"].values.all()

@@ -261,7 +261,7 @@ def analyze_samples(
     progress: bool = True,
     timer: StepTimer | None = None,
 ) -> dict[str, GraphResult]:
-    """The per-image job: decompose, segment and site contributions for every graph kind.
+    """The per-image job: decompose (with site contributions), segment, for every graph kind.
 
     Every sample is independent, so a runner may call this on shards of a store (each
     worker its own ``samples``) and join the results with :func:`concat_results`.
@@ -290,7 +290,7 @@ def analyze_samples(
     >>> results["qk"].labels.sizes["sample"]
     2
     """
-    from interpret_spectral.spectral.decompose import decompose, site_contributions
+    from interpret_spectral.spectral.decompose import decompose
 
     timer = timer if timer is not None else StepTimer()
     results: dict[str, GraphResult] = {}
@@ -298,20 +298,17 @@ def analyze_samples(
         name = kind.name
         started = time.perf_counter()
         logger.info("decomposing the %s graphs ...", name)
-        decomposition = decompose(
+        # the contributions of every site come from the graphs of the decomposition (computed once)
+        decomposition, contributions = decompose(
             store, graph=kind, n_components=settings.n_components, solver=settings.solver, layers=None,
             heads=settings.heads, seed=settings.seed, device=settings.device, progress=progress,
-            samples=None if samples is None else list(samples),
+            samples=None if samples is None else list(samples), return_contributions=True,
         )
         timer.add(f"decompose_{name}", started)
         started = time.perf_counter()
         labels = segment_each(decomposition, store, crf=settings.crf, progress=progress, desc=f"segment {name}",
                               **settings.segment_options())
         timer.add(f"segment_{name}", started)
-        started = time.perf_counter()
-        logger.info("site contributions of the %s graphs ...", name)
-        contributions = site_contributions(store, decomposition, progress=progress, device=settings.device)
-        timer.add(f"contributions_{name}", started)
         results[name] = GraphResult(kind, decomposition, labels, contributions["contribution"])
     return results
 

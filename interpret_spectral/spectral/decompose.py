@@ -39,7 +39,7 @@ from interpret_spectral.store.selection import (
     as_store, select_layers, select_samples, select_timesteps, site_grid, site_heads,
 )
 
-__all__ = ["DECOMPOSITION_FORMAT", "decompose", "site_contributions", "sample_operator"]
+__all__ = ["DECOMPOSITION_FORMAT", "CONTRIBUTION_CACHE_BYTES", "decompose", "site_contributions", "sample_operator"]
 
 _OBJECTIVE = (
     "max tr(X^T M X) s.t. X^T X = I, M = sum_g w_g (N/n_g) G_g^T sym(P_g) G_g, "
@@ -75,6 +75,10 @@ def _output_grid(store: xr.DataTree, names: Sequence[str], grid: Any) -> tuple[i
     out = as_grid(grid, "grid")
     check_upsampling(out, (max(g[0] for g in grids), max(g[1] for g in grids)))
     return out
+
+
+#: Bytes of graphs kept in memory per sample by ``decompose(..., return_contributions=True)``.
+CONTRIBUTION_CACHE_BYTES = 1 << 30
 
 
 def sample_operator(
@@ -177,8 +181,9 @@ def decompose(
     weights: Any = None,
     samples: Any = None,
     allow_incomplete: bool = False,
+    return_contributions: bool = False,
     **solver_options: Any,
-) -> xr.Dataset:
+) -> xr.Dataset | tuple[xr.Dataset, xr.Dataset]:
     """Layer-distributed spectral decomposition of every sample of a store.
 
     Parameters
@@ -221,6 +226,12 @@ def decompose(
     allow_incomplete : bool
         Decompose a store that holds fewer samples than its probe was asked for (by
         default refused, with how to resume).
+    return_contributions : bool
+        Also return :func:`site_contributions` of the result (for the sites decomposed),
+        computed from the same graphs: every graph's ``P`` is kept in memory while its
+        sample is solved (up to :data:`CONTRIBUTION_CACHE_BYTES`; the rest is
+        recomputed), so the attention is computed once instead of twice.  Results are
+        bitwise those of :func:`decompose` and :func:`site_contributions` apart.
     **solver_options
         Options of the solver (:func:`~interpret_spectral.spectral.solvers.solve_exact`:
         ``method``, ``tol``, ``maxiter``, ``dense_threshold``, ``max_dense_bytes``;
@@ -233,8 +244,9 @@ def decompose(
 
     Returns
     -------
-    xarray.Dataset
-        In the one decomposition format (:func:`~interpret_spectral.store.decomposition.make_decomposition`,
+    xarray.Dataset or (xarray.Dataset, xarray.Dataset)
+        With ``return_contributions``: the decomposition and its site contributions.
+        The decomposition is in the one decomposition format (:func:`~interpret_spectral.store.decomposition.make_decomposition`,
         ``producer="decompose"``).
         ``vectors (sample, y, x, component)``: orthonormal columns over the tokens of
         the output grid, the top eigenvectors of ``M`` (``"adam"``: Eq. 8 of its
@@ -287,7 +299,11 @@ def decompose(
     size, c = h * w, int(n_components)
     itemsize = torch.finfo(_PRECISIONS[precision]).bits // 8
     estimate = (8 * n * size * c + solver_obj.memory_bytes(size, c, **options)
-                + 8 * size * size * 0 + _sample_bytes(tree, names, kind, itemsize))
+                + _sample_bytes(tree, names, kind, itemsize))
+    if return_contributions:  # the graphs kept for the contributions
+        estimate += min(CONTRIBUTION_CACHE_BYTES, sum(
+            itemsize * (1 if heads == "concat" else site_heads(tree, name))
+            * (site_grid(tree, name)[0] * site_grid(tree, name)[1]) ** 2 for name in names))
     check_memory(estimate, f"decompose ({n} samples, output grid {out_grid}, {c} components, solver "
                  f"{solver_obj.name!r})", "pass a coarser grid=, fewer samples= or layers=, or solver options "
                  "that need less memory (method='lobpcg' never forms M)")
@@ -295,6 +311,7 @@ def decompose(
     values = np.zeros((n, c))
     columns = {key: np.zeros(n) for key in ("objective", "loss", "seconds")}
     iterations = np.zeros(n, dtype=np.int64)
+    contributions = _contribution_array(tree, names, heads, timestep_values, n, c) if return_contributions else None
     resolved: dict[str, Any] = {}
     methods: set[str] = set()
     n_graphs = 0
@@ -304,12 +321,17 @@ def decompose(
             resample=resample, grid=out_grid, weights=weights, dtype=_PRECISIONS[precision], device=device,
         )
         start = time.perf_counter()
+        kept = operator.keep_rows(CONTRIBUTION_CACHE_BYTES) if return_contributions else []
         try:
             solution = solver_obj.solve(operator, c, seed=seed, **options)
+            if return_contributions:
+                _fill_contributions(contributions, row, operator, solution.vectors, names)
         except TypeError as error:
             raise TypeError(
                 f"{error}; see the docstring of decompose for the options of solver={solver_obj.name!r}"
             ) from error
+        finally:
+            operator.drop_rows(kept)
         seconds = time.perf_counter() - start
         vectors[row] = solution.vectors.reshape(h, w, -1)
         values[row] = solution.values
@@ -342,7 +364,56 @@ def decompose(
     }
     per_sample = {"objective": columns["objective"], "loss": columns["loss"], "iterations": iterations,
                   "seconds": columns["seconds"]}
-    return make_decomposition(vectors, values, ids, producer="decompose", attrs=attrs, per_sample=per_sample)
+    result = make_decomposition(vectors, values, ids, producer="decompose", attrs=attrs, per_sample=per_sample)
+    if not return_contributions:
+        return result
+    return result, _contribution_dataset(contributions, result, names, set(names), kind, heads, resample,
+                                         timestep_values)
+
+
+def _contribution_array(tree: xr.DataTree, names: Sequence[str], heads: str, timestep_values: Any,
+                        n_samples: int, n_components: int) -> np.ndarray:
+    """NaN-filled ``(sample, site, timestep, head, component)`` for the contributions, memory checked."""
+    width = max(1 if heads == "concat" else site_heads(tree, name) for name in names)
+    n_steps = 1 if timestep_values is None else len(timestep_values)
+    check_memory(8 * n_samples * len(names) * n_steps * width * n_components,
+                 f"site_contributions ({n_samples} samples x {len(names)} sites x {width} heads)",
+                 "pass fewer sites (layers=) or a decomposition of fewer samples")
+    return np.full((n_samples, len(names), n_steps, width, n_components), np.nan)
+
+
+def _fill_contributions(out: np.ndarray, row: int, operator: LayerDistributedOperator, vectors: np.ndarray,
+                        names: Sequence[str]) -> None:
+    """Every graph's Rayleigh quotients of the (unit-normalised) ``vectors`` into ``out[row]``."""
+    x = np.asarray(vectors, dtype=np.float64).reshape(operator.size, -1)
+    x = x / np.maximum(np.linalg.norm(x, axis=0), np.finfo(np.float64).tiny)  # unit columns (Eq. 8 rotated)
+    for site_graphs, quotients in zip(operator.graphs, operator.rayleigh_quotients(x)):
+        step = 0 if site_graphs.timestep is None else site_graphs.timestep
+        out[row, names.index(site_graphs.name), step, : site_graphs.num_graphs] = quotients.cpu().numpy()
+
+
+def _contribution_dataset(out: np.ndarray, decomposition: xr.Dataset, names: Sequence[str], used: set[str],
+                          kind: GraphKind, heads: str, resample: str, timestep_values: Any) -> xr.Dataset:
+    dims: tuple[str, ...] = ("sample", "site", "timestep", "head", "component")
+    data = out
+    coords: dict[str, Any] = {
+        "sample": decomposition["sample"].values,
+        "site": np.asarray(names, dtype=str),
+        "component": decomposition["component"].values,
+    }
+    if timestep_values is None:
+        dims = ("sample", "site", "head", "component")
+        data = out[:, :, 0]
+    else:
+        coords["timestep"] = np.asarray(timestep_values)
+    return xr.Dataset(
+        {
+            "contribution": (dims, data),
+            "used": ("site", np.asarray([name in used for name in names])),
+        },
+        coords=coords,
+        attrs={"graph": kind.name, "heads": heads, "resample": resample},
+    )
 
 
 def site_contributions(
@@ -408,42 +479,14 @@ def site_contributions(
     missing = [sid for sid in decomposition["sample"].values.tolist() if sid not in ids]
     if missing:
         raise KeyError(f"samples {missing[:3]} of the decomposition are not in the store; pass the store it came from")
-    width = max(1 if heads == "concat" else site_heads(tree, name) for name in names)
-    n_steps = 1 if timestep_values is None else len(timestep_values)
     n_samples = decomposition.sizes["sample"]
     n_components = decomposition.sizes["component"]
-    check_memory(8 * n_samples * len(names) * n_steps * width * n_components,
-                 f"site_contributions ({n_samples} samples x {len(names)} sites x {width} heads)",
-                 "pass fewer sites (layers=) or a decomposition of fewer samples")
-    out = np.full((n_samples, len(names), n_steps, width, n_components), np.nan)
+    out = _contribution_array(tree, names, heads, timestep_values, n_samples, n_components)
     for row, sid in enumerate(tqdm(decomposition["sample"].values.tolist(), desc="contributions",
                                    unit="sample", disable=not progress)):
         operator = sample_operator(
             tree, ids.index(sid), graph=kind, layers=names, heads=heads, timesteps=timestep_values,
             resample=resample, grid=out_grid, device=device, dtype=_PRECISIONS[attrs.get("precision", "float32")],
         )
-        x = decomposition["vectors"].isel(sample=row).values.reshape(-1, n_components)
-        x = x / np.maximum(np.linalg.norm(x, axis=0), np.finfo(np.float64).tiny)  # unit columns (Eq. 8 rotated)
-        for site_graphs, quotients in zip(operator.graphs, operator.rayleigh_quotients(x)):
-            step = 0 if site_graphs.timestep is None else site_graphs.timestep
-            out[row, names.index(site_graphs.name), step, : site_graphs.num_graphs] = quotients.cpu().numpy()
-    dims: tuple[str, ...] = ("sample", "site", "timestep", "head", "component")
-    data = out
-    coords: dict[str, Any] = {
-        "sample": decomposition["sample"].values,
-        "site": np.asarray(names, dtype=str),
-        "component": decomposition["component"].values,
-    }
-    if timestep_values is None:
-        dims = ("sample", "site", "head", "component")
-        data = out[:, :, 0]
-    else:
-        coords["timestep"] = np.asarray(timestep_values)
-    return xr.Dataset(
-        {
-            "contribution": (dims, data),
-            "used": ("site", np.asarray([name in used for name in names])),
-        },
-        coords=coords,
-        attrs={"graph": kind.name, "heads": heads, "resample": resample},
-    )
+        _fill_contributions(out, row, operator, decomposition["vectors"].isel(sample=row).values, names)
+    return _contribution_dataset(out, decomposition, names, used, kind, heads, resample, timestep_values)

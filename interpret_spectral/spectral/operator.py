@@ -194,7 +194,11 @@ class LayerDistributedOperator:
         return out[:, 0] if squeeze else out
 
     def dense(self) -> np.ndarray:
-        """The explicit ``M`` (``(N, N)`` float64 numpy array).
+        """The explicit ``M`` (``(N, N)`` float64 numpy array); see :meth:`dense_tensor`."""
+        return self.dense_tensor().cpu().numpy()
+
+    def dense_tensor(self) -> torch.Tensor:
+        """The explicit ``M`` as a ``(N, N)`` float64 tensor on the operator's device.
 
         Rows of every ``P`` are computed in the graphs' dtype and summed in float64.
         Sites on the output grid are summed straight into ``M``; the other sites are
@@ -220,7 +224,7 @@ class LayerDistributedOperator:
                 m[:, start:stop].add_(block_cols, alpha=self.grid_scale(grid))
             del left_t
         _symmetrize_(m)
-        return m.cpu().numpy()
+        return m
 
     def rayleigh_quotients(self, x: Any) -> list[torch.Tensor]:
         """Per graph, ``(N / n_g) x_c^T G_g^T sym(P_g) G_g x_c`` for every column ``c`` of ``x``.
@@ -307,6 +311,34 @@ class LayerDistributedOperator:
                 cached.append(graph)
                 budget -= need
         return cached
+
+    def keep_rows(self, max_bytes: int) -> list[SiteGraphs]:
+        """Keep the rows of ``P`` of as many site graphs as fit in ``max_bytes`` (:meth:`SiteGraphs.keep_rows`).
+
+        Returns the graphs whose rows this call kept (forget them with :meth:`drop_rows`).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> op = LayerDistributedOperator([SiteGraphs.from_tokens("vv", grid=2, v=np.ones((1, 4, 2)))], out_grid=2)
+        >>> kept = op.keep_rows(2**20)
+        >>> len(kept), op.drop_rows(kept)
+        (1, None)
+        """
+        budget = int(max_bytes)
+        kept = []
+        for graph in self.graphs:
+            need = graph.num_graphs * graph.num_tokens**2 * (torch.finfo(graph.dtype).bits // 8)
+            if not graph.rows_kept and graph.keep_rows(budget):
+                kept.append(graph)
+                budget -= need
+        return kept
+
+    @staticmethod
+    def drop_rows(kept: Sequence[SiteGraphs]) -> None:
+        """Forget the rows :meth:`keep_rows` kept."""
+        for graph in kept:
+            graph.drop_rows()
 
     @staticmethod
     def release(cached: Sequence[SiteGraphs]) -> None:

@@ -99,6 +99,7 @@ class SiteGraphs:
         self.timestep = timestep
         self.chunk_bytes = int(chunk_bytes)
         self._cache: torch.Tensor | None = None
+        self._kept: torch.Tensor | None = None
         self._degree: torch.Tensor | None = None
 
     @classmethod
@@ -230,6 +231,8 @@ class SiteGraphs:
     # -- rows of P ----------------------------------------------------------------------
     def _rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` of every graph's ``P``: ``(graphs, stop - start, n)``."""
+        if self._kept is not None:
+            return self._kept[:, start:stop]
         rows = self.kind.affinity_rows(self.tensors, start, stop)
         if (self._degree is None and not self.kind.stochastic_rows and start == 0 and stop == self.num_tokens
                 and type(self.kind).degree is GraphKind.degree):
@@ -275,6 +278,44 @@ class SiteGraphs:
         p = self.dense()
         self._cache = p.add_(p.transpose(1, 2).clone()).mul_(0.5)
         return True
+
+    def keep_rows(self, max_bytes: int) -> bool:
+        """Keep every graph's ``P`` in memory, when it takes at most ``max_bytes``, until :meth:`drop_rows`.
+
+        Every later use of the rows (``M``'s dense sum, products, Rayleigh quotients)
+        reads them instead of recomputing the attention, with the very same values
+        and chunks, so results are bitwise those without it.  Returns whether the
+        rows are kept.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> g = SiteGraphs.from_tokens("vv", grid=2, v=np.ones((1, 4, 2)))
+        >>> g.keep_rows(2**20), g.keep_rows(2**20), g.drop_rows(), g.rows_kept
+        (True, True, None, False)
+        """
+        if self._kept is not None:
+            return True
+        itemsize = torch.finfo(self.dtype).bits // 8
+        if self.num_graphs * self.num_tokens**2 * itemsize > max_bytes:
+            return False
+        self._kept = self.dense()
+        return True
+
+    @property
+    def rows_kept(self) -> bool:
+        """Whether :meth:`keep_rows` holds the rows of ``P``."""
+        return self._kept is not None
+
+    def drop_rows(self) -> None:
+        """Forget the rows :meth:`keep_rows` kept.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> SiteGraphs.from_tokens("vv", grid=2, v=np.ones((1, 4, 2))).drop_rows()
+        """
+        self._kept = None
 
     def release(self) -> None:
         """Drop the cache of :meth:`materialize`.

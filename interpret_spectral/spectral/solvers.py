@@ -27,6 +27,10 @@ dataset level's minibatch Eq. 4 schedule, any other its full sparse graph.
 - ``method="eigh"``: the explicit ``M`` (``N x N``) and LAPACK's ``eigh`` restricted to
   the top eigenpairs; the fastest for small ``N`` (the default up to
   :data:`DENSE_THRESHOLD` tokens, e.g. DINOv2 at 224 px = 256 tokens);
+- ``method="torch"``: the explicit ``M`` formed on the operator's device and
+  ``torch.linalg.eigh`` there (cuSOLVER on a GPU): the default for an operator on a
+  GPU (``decompose(..., device="cuda")``) whose ``M`` fits in ``max_dense_bytes``, so
+  that graphs and solve stay on the device and only ``N x n_components`` comes back;
 - ``method="lanczos"``: ARPACK (``scipy.sparse.linalg.eigsh``) on the explicit ``M``
   (e.g. DINOv2 at 448 px = 1024 tokens, Stable Diffusion at 64x64 = 4096 tokens) while
   it fits in ``max_dense_bytes``, or on the sparse ``M`` of a dataset;
@@ -77,7 +81,7 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "interpret_spectral.solvers"
-EXACT_METHODS: tuple[str, ...] = ("auto", "eigh", "lanczos", "lobpcg")
+EXACT_METHODS: tuple[str, ...] = ("auto", "eigh", "torch", "lanczos", "lobpcg")
 
 #: Largest number of output tokens for which ``method="auto"`` uses LAPACK ``eigh``
 #: (measured on 2 busy cores, 10 components: at 576 tokens single-threaded eigh takes
@@ -175,11 +179,12 @@ def solve_exact(
         Anything with ``size``, ``matmat`` and ``dense()`` (see the module docstring).
     n_components : int
         Number of eigenvectors.
-    method : {"auto", "eigh", "lanczos", "lobpcg"}
+    method : {"auto", "eigh", "torch", "lanczos", "lobpcg"}
         See the module docstring.  ``"auto"``: ``"lanczos"`` on the sparse ``M`` of an
-        operator that has one (``operator.sparse()``, the dataset level); otherwise
-        ``"eigh"`` up to ``dense_threshold`` tokens, ``"lanczos"`` while the explicit
-        ``M`` takes at most ``max_dense_bytes``, ``"lobpcg"`` (matrix-free) beyond.
+        operator that has one (``operator.sparse()``, the dataset level); ``"torch"``
+        for an operator on a GPU while ``M`` takes at most ``max_dense_bytes``;
+        otherwise ``"eigh"`` up to ``dense_threshold`` tokens, ``"lanczos"`` while the
+        explicit ``M`` takes at most ``max_dense_bytes``, ``"lobpcg"`` (matrix-free) beyond.
     seed : int
         Seeds the start vectors of ``"lanczos"`` and ``"lobpcg"``.
     tol : float, optional
@@ -212,9 +217,12 @@ def solve_exact(
         raise ValueError(f"method must be one of {EXACT_METHODS}, got {method!r}")
     n = operator.size
     sparse = callable(getattr(operator, "sparse", None))
+    on_device = torch.device(getattr(operator, "device", "cpu")).type != "cpu"
     if method == "auto":
         if sparse and n_components < n - 1:
             method = "lanczos"
+        elif on_device and not sparse and n * n * 8 <= max_dense_bytes:
+            method = "torch"
         elif n <= dense_threshold or n_components >= n - 1:
             method = "eigh"
         elif n * n * 8 <= max_dense_bytes:
@@ -230,6 +238,17 @@ def solve_exact(
                "dense_threshold": dense_threshold, "max_dense_bytes": max_dense_bytes}
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
+    if method == "torch":
+        dense = getattr(operator, "dense_tensor", None)
+        m_t = dense() if callable(dense) else torch.from_numpy(np.asarray(operator.dense(), dtype=np.float64))
+        _, x_t = torch.linalg.eigh(m_t)  # ascending: the top n_components are the last columns
+        top = x_t[:, n - n_components:]
+        x = top.cpu().numpy()
+        mx = (m_t @ top).cpu().numpy()
+        del m_t, x_t
+        # the finish's products are with the span of x itself: M x was computed on the device
+        vectors, values = finish(x, lambda b: _in_span_product(x, mx, b))
+        return Solution(vectors, values, 1, time.perf_counter() - start, method, math.nan, options)
     if method in ("eigh", "lanczos"):
         m = operator.sparse() if sparse and method == "lanczos" else operator.dense()
         if method == "eigh":
@@ -273,6 +292,11 @@ def solve_exact(
     return Solution(vectors, values, iterations, time.perf_counter() - start, method, math.nan, options)
 
 
+def _in_span_product(x: np.ndarray, mx: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``M b`` for ``b`` in the span of the orthonormal ``x``, from ``M x``: ``M x (x^T b)``."""
+    return mx @ (x.T @ b)
+
+
 class ExactSolver(Solver):
     """``"exact"``: the top eigenvectors of ``M`` (:func:`solve_exact`)."""
 
@@ -286,8 +310,8 @@ class ExactSolver(Solver):
         dense_threshold = options.get("dense_threshold", DENSE_THRESHOLD)
         max_dense_bytes = options.get("max_dense_bytes", MAX_DENSE_BYTES)
         dense = 8 * size * size
-        if method == "eigh" or (method == "auto" and size <= dense_threshold):
-            return 3 * dense  # M, LAPACK's workspace and its eigenvectors
+        if method in ("eigh", "torch") or (method == "auto" and size <= dense_threshold):
+            return 3 * dense  # M, LAPACK's (cuSOLVER's) workspace and its eigenvectors
         if method == "lanczos" or (method == "auto" and dense <= max_dense_bytes):
             return dense + 8 * size * (2 * n_components + 20)
         return 8 * size * 12 * (n_components + max(2, n_components // 2))  # LOBPCG's blocks
