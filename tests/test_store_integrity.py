@@ -283,6 +283,12 @@ os.kill(os.getpid(), 9)
     store = open_store(path)
     assert store.attrs["complete"] == 1 and sample_ids(store) == [f"img-{i}" for i in range(4)]
     store.close()
+    left = [p.name for p in tmp_path.iterdir() if ".partial-" in p.name]
+    assert len(left) == 1 and left[0].startswith("store.h5.partial-")  # the killed writer's temporary
+    writer = create_store(_sites(), path=path, overwrite=True)  # the next writer of that path removes it
+    assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == [f"store.h5.partial-{os.getpid()}"]
+    writer.abort()
+    assert sorted(os.listdir(tmp_path)) == ["store.h5"]
 
 
 def test_files_describe_themselves(tmp_path):

@@ -31,6 +31,7 @@ from pathlib import Path
 
 __all__ = [
     "partial_name",
+    "remove_dead_partials",
     "fsync_path",
     "fsync_tree",
     "check_free",
@@ -54,6 +55,32 @@ def partial_name(path: str | os.PathLike[str], pid: int | None = None) -> Path:
     """
     path = Path(path)
     return path.with_name(f"{path.name}.partial-{os.getpid() if pid is None else int(pid)}")
+
+
+def remove_dead_partials(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries ``<path>.partial-<pid>`` that writers killed earlier left beside ``path``.
+
+    Only those whose process is gone: a live writer's temporary is never touched.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> target = Path(tempfile.mkdtemp()) / "store.h5"
+    >>> _ = partial_name(target, pid=2**22 + 12345).write_bytes(b"half")  # a writer that died
+    >>> [p.name.split(".partial-")[0] for p in remove_dead_partials(target)]
+    ['store.h5']
+    """
+    import glob
+
+    path = Path(path)
+    removed = []
+    for found in path.parent.glob(f"{glob.escape(path.name)}.partial-*"):
+        pid = found.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            remove_path(found)
+            removed.append(found)
+    return removed
 
 
 def pid_alive(pid: int) -> bool:
@@ -190,6 +217,7 @@ def replacing_file(path: str | os.PathLike[str], *, overwrite: bool = True) -> I
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_name(path)
     remove_path(tmp)
+    remove_dead_partials(path)
     try:
         yield tmp
         if not tmp.exists():

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from interpret_spectral.store.atomic import fsync_path, partial_name, remove_path
+from interpret_spectral.store.atomic import fsync_path, partial_name, remove_dead_partials, remove_path
 from interpret_spectral.store.files import array_filters, id_checksums, inspect_file
 from interpret_spectral.store.format import (
     DESCRIPTIONS, FORMAT, FORMAT_VERSION, StoreError, _package_version, plain_attrs,
@@ -162,6 +162,7 @@ class StoreWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = partial_name(self.path)
         remove_path(tmp)
+        remove_dead_partials(self.path)  # what writers killed earlier left beside it
         try:
             self._create_skeleton(tmp)
             fsync_path(tmp)

@@ -32,7 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from interpret_spectral.store.atomic import fsync_path, fsync_tree, partial_name, remove_path, replace_dir
+from interpret_spectral.store.atomic import (
+    fsync_path,
+    fsync_tree,
+    partial_name,
+    remove_dead_partials,
+    remove_path,
+    replace_dir,
+)
 from interpret_spectral.store.format import DESCRIPTIONS, plain_attrs
 from interpret_spectral.store.reader import open_store
 from interpret_spectral.store.sites import AttentionSite
@@ -109,6 +116,7 @@ class ZarrStoreWriter(StoreWriter):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = partial_name(path)
         remove_path(tmp)
+        remove_dead_partials(path)  # what writers killed earlier left beside it
         try:
             self._create_skeleton(tmp)
             fsync_tree(tmp)
