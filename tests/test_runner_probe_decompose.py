@@ -292,7 +292,9 @@ def test_cli_probe_and_decompose_on_the_cluster(client, files, tmp_path, capsys)
     _same_up_to_sign(a["vectors"].values, b["vectors"].values)
     capsys.readouterr()
     assert main(["probe", str(files[0]), "--out", str(tmp_path / "x"), "--shard-size", "2", *model]) == 2
-    assert "--shard-size applies with --workers N or --scheduler ADDRESS" in capsys.readouterr().err
+    assert "--shard-size and --shard-format apply with --workers N or --scheduler ADDRESS" in capsys.readouterr().err
+    assert main(["probe", str(files[0]), "--out", str(tmp_path / "x"), "--shard-format", "zarr", *model]) == 2
+    assert "one store is zarr when --out ends in .zarr" in capsys.readouterr().err
     assert main(["decompose", str(store), "--out", str(tmp_path / "x.nc"), "--workers", "2", "--scheduler",
                  address]) == 2
     assert "not both" in capsys.readouterr().err
