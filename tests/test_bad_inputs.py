@@ -108,7 +108,7 @@ API_CASES = [
     ("S17 wrong format attr", lambda fx, m, v: isp.open_store(fx / "wrongformat.h5"), StoreError, r"format='something\.else'"),
     ("S18 a text file", lambda fx, m, v: isp.open_store(fx / "text.txt"), StoreError, r"text\.txt is not an HDF5 file"),
     ("S19 a vectors file", lambda fx, m, v: isp.open_store(fx / "vectors.nc"), StoreError, r"vectors\.nc is not an interpret_spectral store"),
-    ("S20 path is a number", lambda fx, m, v: isp.open_store(42), TypeError, r"path of a store file, got int"),
+    ("S20 path is a number", lambda fx, m, v: isp.open_store(42), TypeError, r"path or URL of a store, got int"),
     ("S21 validate empty tree", lambda fx, m, v: isp.validate_store(xr.DataTree()), StoreError, r"not an interpret_spectral store"),
     ("S22 validate a Dataset", lambda fx, m, v: isp.validate_store(xr.Dataset()), TypeError, r"got Dataset"),
     ("S23 create_store no sites", lambda fx, m, v: isp.create_store([]), ValueError, r"at least one attention site"),

@@ -27,6 +27,7 @@ from interpret_spectral.capture.rebuild import rebuild_errors
 from interpret_spectral.capture.registry import resolve_adapter
 from interpret_spectral.capture.tapping import capture_batch, unwrap
 from interpret_spectral.store.format import all_finite
+from interpret_spectral.store.remote import refuse_url
 from interpret_spectral.store.writer import create_store
 from interpret_spectral.store.zarr_store import is_zarr_path
 
@@ -174,7 +175,8 @@ def probe(
         Which sites to record (see :func:`select_sites`); all when None.
     out : path-like, optional
         Store to write batch by batch (flushed after each): an HDF5 file, or a zarr v3
-        store (a folder) when the name ends in ``.zarr``; in memory when None.
+        store (a folder) when the name ends in ``.zarr``; in memory when None.  A local
+        path: a URL is refused (write locally, copy up, then ``open_store(URL)`` reads it).
     batch_size : int
         Samples per forward pass.
     device : str or torch.device, optional
@@ -228,6 +230,7 @@ def probe(
         raise ValueError(f"store_dtype must be 'float32' or 'float16', got {store_dtype!r}")
     if resume and out is None:
         raise ValueError("resume=True needs out= (a file to continue)")
+    refuse_url(out, "probe(out=...)")
     torch_model = unwrap(model)
     place_model(torch_model, device, dtype)
     bound = resolve_adapter(torch_model, adapter, **adapter_options)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ from xarray.core import indexing
 from interpret_spectral.store.files import inspect_file, is_checksum_error, open_error, sample_span
 from interpret_spectral.store.format import StoreError, StoreIntegrityError, validate_store
 from interpret_spectral.store.h5netcdf_sizes import install as install_size_cache
+from interpret_spectral.store.remote import RemotePath, location
 
 __all__ = ["open_store", "require_complete", "site_names", "sample_ids", "patch_tokens", "verify_store"]
 
@@ -88,7 +88,7 @@ def _completeness(tree: xr.DataTree, requested: int | None, finished: bool | Non
     tree.attrs["complete"] = int(complete)
 
 
-def open_store(path: str | os.PathLike[str]) -> xr.DataTree:
+def open_store(path: str | os.PathLike[str] | RemotePath) -> xr.DataTree:
     """Open a store file lazily and check that it is one.
 
     Before anything is read, the file is checked with h5py: every per-sample array
@@ -107,7 +107,9 @@ def open_store(path: str | os.PathLike[str]) -> xr.DataTree:
         An HDF5 file written by :func:`create_store` or :func:`interpret_spectral.probe`, a
         zarr v3 store (a folder ``*.zarr``, :mod:`interpret_spectral.store.zarr_store`), or
         the folder of a sharded store (:mod:`interpret_spectral.store.shards`: opened as one
-        Dask-backed tree).
+        Dask-backed tree).  A string with ``://`` is an fsspec URL (``s3://``, ``gs://``,
+        ``memory://``; ``file://`` is a local path), read-only: a zarr store or a sharded
+        store of zarr shards there (:mod:`interpret_spectral.store.remote`).
 
     Returns
     -------
@@ -118,7 +120,8 @@ def open_store(path: str | os.PathLike[str]) -> xr.DataTree:
     FileNotFoundError
         Nothing at ``path``.
     StoreError
-        ``path`` is a folder without a sharded store's ``manifest.json``.
+        ``path`` is a folder without a sharded store's ``manifest.json``, or an HDF5
+        store at a URL (HDF5 is read from local paths).
     StoreLockedError
         Another process has the file open for writing (it is intact).
     StoreError
@@ -133,9 +136,9 @@ def open_store(path: str | os.PathLike[str]) -> xr.DataTree:
     >>> list(store.children)  # doctest: +SKIP
     ['blocks.0.attn', 'blocks.1.attn', ...]
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"open_store() takes the path of a store file, got {type(path).__name__}")
-    path = Path(path).expanduser()
+    if not isinstance(path, (str, os.PathLike, RemotePath)):
+        raise TypeError(f"open_store() takes the path or URL of a store, got {type(path).__name__}")
+    path = location(path).expanduser()  # a URL ("://") is read through fsspec: store/remote.py
     if not path.exists():
         raise FileNotFoundError(f"no store at {path}")
     if path.is_dir():
@@ -151,6 +154,9 @@ def open_store(path: str | os.PathLike[str]) -> xr.DataTree:
         from interpret_spectral.store.shards import open_sharded_store
 
         return open_sharded_store(path, open_store)
+    if isinstance(path, RemotePath):
+        raise StoreError(f"{path} is a file, not a zarr store: HDF5 stores are read from local paths; copy it to a "
+                         "local disk, or write a zarr store (out='name.zarr') for object stores")
     if path.stat().st_size == 0:
         raise StoreError(f"{path} is empty (0 bytes); it is not a store: rerun the probe")
     facts = inspect_file(path)

@@ -14,7 +14,9 @@ shard (``probe(..., out=shard_path(folder, i))``), and :func:`seal_sharded_store
 checks every shard and records which are complete.  :func:`missing_shards` says which
 shards a resumed run must redo.  ``open_store(folder)`` opens the shards lazily as
 ONE :class:`xarray.DataTree` with one ``sample`` dimension, Dask-backed (one chunk per
-sample), so ``decompose`` and ``decompose_dataset`` see one store.
+sample), so ``decompose`` and ``decompose_dataset`` see one store.  A sharded store of
+zarr shards at an fsspec URL (``s3://bucket/run/store``) opens the same way, read-only
+(:mod:`interpret_spectral.store.remote`); shards are written to local folders.
 
 Examples
 --------
@@ -41,7 +43,8 @@ import numpy as np
 from interpret_spectral.store.atomic import pid_alive, remove_path, replacing_file
 from interpret_spectral.store.files import inspect_file
 from interpret_spectral.store.format import FORMAT, StoreError
-from interpret_spectral.store.zarr_store import inspect_zarr, is_zarr_store, zarr_layout
+from interpret_spectral.store.remote import HDF5_AT_URL, RemotePath, location, refuse_url
+from interpret_spectral.store.zarr_store import inspect_zarr, is_zarr_path, is_zarr_store, zarr_layout
 
 __all__ = [
     "NotAShardedStoreError",
@@ -81,7 +84,7 @@ def is_sharded_store(path: str | os.PathLike[str]) -> bool:
     >>> is_sharded_store("/no/such/folder")
     False
     """
-    return (Path(path) / MANIFEST).is_file()
+    return (location(path) / MANIFEST).is_file()
 
 
 def _shard_format(shard_format: str) -> str:
@@ -114,6 +117,7 @@ def shard_path(folder: str | os.PathLike[str], index: int, shard_format: str | N
     >>> shard_path("store", 1).as_posix(), shard_path("store", 1, "zarr").as_posix()
     ('store/shard-00001.h5', 'store/shard-00001.zarr')
     """
+    refuse_url(folder, "shard_path()")  # shards are written to local folders
     if shard_format is None:
         shard_format = read_manifest(folder)["shard_format"] if is_sharded_store(folder) else "h5"
     return Path(folder) / shard_name(index, shard_format)
@@ -179,7 +183,7 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     Traceback (most recent call last):
     NotAShardedStoreError: /tmp is a folder without manifest.json ...
     """
-    folder = Path(folder)
+    folder = location(folder)
     path = folder / MANIFEST
     if not path.is_file():
         raise NotAShardedStoreError(
@@ -253,6 +257,7 @@ def create_sharded_store(
     >>> create_sharded_store(folder, ["a"], 4)["complete"]
     False
     """
+    refuse_url(folder, "create_sharded_store()")
     folder = Path(folder).expanduser()
     shards = plan_shards(sample_ids, shard_size, shard_format)
     if folder.exists() and not folder.is_dir():
@@ -362,7 +367,7 @@ def _difference(expected: dict[str, Any], found: dict[str, Any]) -> str:
     return "nothing"
 
 
-def _check_fingerprint(expected: dict[str, Any] | None, path: Path) -> dict[str, Any]:
+def _check_fingerprint(expected: dict[str, Any] | None, path: Path | RemotePath) -> dict[str, Any]:
     found = store_fingerprint(path)
     if expected is not None and found != expected:
         raise StoreError(
@@ -384,7 +389,9 @@ def shard_complete(folder: str | os.PathLike[str], entry: dict[str, Any]) -> boo
     >>> shard_complete(tempfile.mkdtemp(), {"name": "shard-00000.h5", "samples": ["a"]})
     False
     """
-    path = Path(folder) / entry["name"]
+    path = location(folder) / entry["name"]
+    if isinstance(path, RemotePath) and not is_zarr_path(path):
+        raise StoreError(f"{path}: {HDF5_AT_URL}")
     if not path.exists():
         return False
     try:
@@ -411,15 +418,15 @@ def missing_shards(folder: str | os.PathLike[str]) -> list[int]:
     [0, 1]
     """
     manifest = read_manifest(folder)
-    _check_one_format(Path(folder), manifest)
+    _check_one_format(location(folder), manifest)
     return [i for i, entry in enumerate(manifest["shards"]) if not shard_complete(folder, entry)]
 
 
-def _check_one_format(folder: Path, manifest: dict[str, Any]) -> None:
+def _check_one_format(folder: Path | RemotePath, manifest: dict[str, Any]) -> None:
     """Refuse a shard of another format than the manifest's in the folder (one store, one shard format)."""
     fmt = manifest["shard_format"]
     for other, suffix in SHARD_FORMATS.items():
-        strays = sorted(folder.glob(f"shard-*{suffix}")) if other != fmt else []
+        strays = sorted(folder.glob(f"shard-*{suffix}"), key=str) if other != fmt else []
         if strays:
             raise StoreError(
                 f"{folder} is a sharded store of {fmt} shards (its manifest) but holds {strays[0].name}, a {other} "
@@ -448,6 +455,7 @@ def seal_sharded_store(folder: str | os.PathLike[str]) -> dict[str, Any]:
     >>> seal_sharded_store(folder)["complete"]
     False
     """
+    refuse_url(folder, "seal_sharded_store()")
     folder = Path(folder)
     manifest = read_manifest(folder)
     _check_one_format(folder, manifest)
@@ -507,7 +515,7 @@ def _concat_nodes(trees: list[Any], chunk_samples: int) -> Any:
 
 def open_sharded_store(
     folder: str | os.PathLike[str],
-    open_file: Callable[[Path], Any],
+    open_file: Callable[[Path | RemotePath], Any],
     chunk_samples: int = 1,
 ) -> Any:
     """Open the complete shards of a sharded store lazily as one Dask-backed DataTree.
@@ -518,8 +526,8 @@ def open_sharded_store(
 
     Parameters
     ----------
-    folder : path-like
-        The store's folder.
+    folder : path-like or str
+        The store's folder, or its fsspec URL (zarr shards only; read-only).
     open_file : callable
         Opens one shard file (``open_store``).
     chunk_samples : int
@@ -534,7 +542,8 @@ def open_sharded_store(
     Raises
     ------
     StoreError
-        No manifest, no complete shard, a shard of another model or layout.
+        No manifest, no complete shard, a shard of another model or layout, HDF5 shards
+        at a URL.
 
     Examples
     --------
@@ -543,8 +552,10 @@ def open_sharded_store(
     >>> store["encoder.layer.0.attention"]["q"].chunks[0][:3]  # doctest: +SKIP
     (1, 1, 1)
     """
-    folder = Path(folder)
+    folder = location(folder)
     manifest = read_manifest(folder)
+    if isinstance(folder, RemotePath) and manifest["shard_format"] != "zarr":
+        raise StoreError(f"{folder} holds {manifest['shard_format']} shards: {HDF5_AT_URL}")
     _check_one_format(folder, manifest)
     fingerprint = manifest.get("fingerprint")
     ready = [entry for entry in manifest["shards"] if shard_complete(folder, entry)]

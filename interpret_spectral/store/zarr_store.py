@@ -15,7 +15,9 @@ Zarr is the format object stores and concurrent writers need: every chunk is its
 object, written whole (atomically on a local disk), so any number of processes may
 write their own stores or shards at once.  This module reads them
 (:func:`inspect_zarr`, :func:`read_zarr_tree`; ``open_store("x.zarr")`` is the entry
-point); :mod:`interpret_spectral.store.zarr_writer` writes them.  It needs
+point), from a local folder or, read-only, from an fsspec URL (``s3://``, ``gs://``,
+``memory://``: :mod:`interpret_spectral.store.remote`);
+:mod:`interpret_spectral.store.zarr_writer` writes them (local folders only).  It needs
 ``zarr>=3`` (``pip install 'interpret-spectral[scale]'``), imported only when a zarr
 store is used.
 
@@ -47,6 +49,7 @@ from interpret_spectral.store.files import (
     MAX_UNNAMED_ROWS, FileFacts, array_filters, id_checksums, is_checksum_error,
 )
 from interpret_spectral.store.format import FORMAT, StoreError, StoreIntegrityError, parse_format_version
+from interpret_spectral.store.remote import RemotePath, is_url, location, refuse_url
 
 __all__ = [
     "ZARR_SUFFIX", "is_zarr_path", "is_zarr_store", "zarr_codecs", "json_attrs", "create_zarr_group", "open_zarr_group",
@@ -84,11 +87,14 @@ def is_zarr_path(path: str | os.PathLike[str] | None) -> bool:
     """
     if path is None:
         return False
-    return _PARTIAL.sub("", Path(path).name).endswith(ZARR_SUFFIX)
+    name = str(path).rstrip("/").rsplit("/", 1)[-1] if is_url(path) else Path(path).name  # no filesystem needed
+    return _PARTIAL.sub("", name).endswith(ZARR_SUFFIX)
 
 
-def is_zarr_store(path: str | os.PathLike[str]) -> bool:
+def is_zarr_store(path: str | os.PathLike[str] | RemotePath) -> bool:
     """Whether ``path`` is a folder to read as a zarr store: named ``*.zarr`` or holding ``zarr.json``.
+
+    ``path`` may be an fsspec URL (:mod:`interpret_spectral.store.remote`).
 
     Examples
     --------
@@ -96,7 +102,7 @@ def is_zarr_store(path: str | os.PathLike[str]) -> bool:
     >>> is_zarr_store(tempfile.mkdtemp())
     False
     """
-    path = Path(path)
+    path = location(path)
     return path.is_dir() and (is_zarr_path(path) or (path / "zarr.json").is_file())
 
 
@@ -163,7 +169,7 @@ def _read_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _damage(path: Path, error: BaseException, what: str) -> StoreError:
+def _damage(path: Path | RemotePath, error: BaseException, what: str) -> StoreError:
     if is_checksum_error(error):
         return StoreIntegrityError(
             f"{path} is damaged: checksum error reading {what}; restore the store or rerun the probe into a new one"
@@ -174,15 +180,16 @@ def _damage(path: Path, error: BaseException, what: str) -> StoreError:
     )
 
 
-def open_zarr_group(path: str | os.PathLike[str], mode: str = "r") -> Any:
+def open_zarr_group(path: str | os.PathLike[str] | RemotePath, mode: str = "r") -> Any:
     """Open the root group of a zarr v3 store (metadata read as it is on disk, never consolidated).
 
     Parameters
     ----------
-    path : path-like
-        The store's folder.
+    path : path-like or str
+        The store's folder, or its fsspec URL (read only: zarr reads it through its
+        ``FsspecStore``).
     mode : {"r", "r+"}
-        Read only, or read and write (the writer's).
+        Read only, or read and write (the writer's; local folders only).
 
     Raises
     ------
@@ -195,8 +202,10 @@ def open_zarr_group(path: str | os.PathLike[str], mode: str = "r") -> Any:
     Traceback (most recent call last):
     StoreError: /no/such/store.zarr is not a zarr v3 store (no zarr.json) ...
     """
-    path = Path(path)
+    path = location(path)
     zarr = _zarr()
+    if mode != "r":
+        refuse_url(path, "writing a zarr store")
     if not (path / "zarr.json").is_file():
         v2 = (path / ".zgroup").is_file() or (path / ".zarray").is_file()
         raise StoreError(
@@ -204,7 +213,12 @@ def open_zarr_group(path: str | os.PathLike[str], mode: str = "r") -> Any:
             "interpret_spectral.probe(..., out='name.zarr')"
         )
     try:
-        return zarr.open_group(store=str(path), mode=mode, zarr_format=3, use_consolidated=False)
+        store: Any = str(path)
+        if isinstance(path, RemotePath):
+            from zarr.storage import FsspecStore
+
+            store = FsspecStore.from_url(path.url, read_only=True)
+        return zarr.open_group(store=store, mode=mode, zarr_format=3, use_consolidated=False)
     except KeyboardInterrupt:
         raise
     except Exception as error:
@@ -224,14 +238,14 @@ def create_zarr_group(path: str | os.PathLike[str], attrs: Mapping[str, Any]) ->
     return _zarr().open_group(store=str(path), mode="w-", zarr_format=3, attributes=dict(attrs))
 
 
-def _dims(array: Any, where: str, path: Path) -> tuple[str, ...]:
+def _dims(array: Any, where: str, path: Path | RemotePath) -> tuple[str, ...]:
     dims = array.metadata.dimension_names
     if dims is None or len(dims) != array.ndim or any(d is None for d in dims):
         raise StoreError(f"{path}: array {where} has no dimension names; it was not written by interpret_spectral")
     return tuple(str(d) for d in dims)
 
 
-def inspect_zarr(path: str | os.PathLike[str]) -> FileFacts:
+def inspect_zarr(path: str | os.PathLike[str] | RemotePath) -> FileFacts:
     """Check a zarr store before it is read; return its complete sample ids (the zarr ``inspect_file``).
 
     The format and version attributes are checked, every per-sample array must hold at
@@ -253,7 +267,7 @@ def inspect_zarr(path: str | os.PathLike[str]) -> FileFacts:
     >>> facts.ids[:2], facts.writing_finished  # doctest: +SKIP
     (['2007_000032', '2007_000033'], True)
     """
-    path = Path(path)
+    path = location(path)
     root = open_zarr_group(path)
     try:
         return _inspect_group(root, path)
@@ -263,7 +277,7 @@ def inspect_zarr(path: str | os.PathLike[str]) -> FileFacts:
         raise _damage(path, error, "its sample ids") from error
 
 
-def _per_sample_arrays(root: Any, path: Path) -> list[tuple[str, Any]]:
+def _per_sample_arrays(root: Any, path: Path | RemotePath) -> list[tuple[str, Any]]:
     found = []
     groups = [("", root), *root.groups()]
     for group_name, group in groups:
@@ -274,17 +288,24 @@ def _per_sample_arrays(root: Any, path: Path) -> list[tuple[str, Any]]:
     return found
 
 
-def _lost_row(folder: Path, rows_per_chunk: int, named: int) -> int | None:
-    """The first named row whose chunk file is missing (chunk keys ``c/<i>/...``), or None."""
+def _chunk_names(folder: Path | RemotePath) -> set[str]:
+    """The first-axis chunk indices stored under ``folder/c`` (the default chunk key encoding ``c/<i>/...``)."""
     chunks = folder / "c"
-    stored = {entry.name for entry in os.scandir(chunks)} if chunks.is_dir() else set()
+    if isinstance(chunks, RemotePath):
+        return {entry.name for entry in chunks.iterdir()} if chunks.is_dir() else set()
+    return {entry.name for entry in os.scandir(chunks)} if chunks.is_dir() else set()
+
+
+def _lost_row(folder: Path | RemotePath, rows_per_chunk: int, named: int) -> int | None:
+    """The first named row whose chunk file is missing (chunk keys ``c/<i>/...``), or None."""
+    stored = _chunk_names(folder)
     for index in range(-(-named // rows_per_chunk)):
         if str(index) not in stored:
             return index * rows_per_chunk
     return None
 
 
-def _inspect_group(root: Any, path: Path) -> FileFacts:
+def _inspect_group(root: Any, path: Path | RemotePath) -> FileFacts:
     attrs = dict(root.attrs)
     if attrs.get("format") != FORMAT:
         raise StoreError(
@@ -298,8 +319,7 @@ def _inspect_group(root: Any, path: Path) -> FileFacts:
     if _dims(sample, "sample", path) != ("sample",):
         raise StoreError(f"{path}: 'sample' is not the 1-D array of the sample dimension; the store was edited")
     declared = int(sample.shape[0])
-    chunk_files = path / "sample" / "c"  # the default chunk key encoding: sample/c/<i>
-    stored = int(sample.chunks[0]) * (sum(1 for _ in chunk_files.iterdir()) if chunk_files.is_dir() else 0)
+    stored = int(sample.chunks[0]) * len(_chunk_names(path / "sample"))
     if declared > stored + MAX_UNNAMED_ROWS:
         raise StoreError(
             f"{path}: the sample dimension declares {declared} rows but its chunks store at most {stored}; the "
@@ -384,7 +404,7 @@ _ORDER = ("sample", "sample_crc32", "original_height", "original_width", "pixels
           "token_kind", "q", "k", "v", "features")
 
 
-def _dataset(group: Any, group_name: str, ids: list[str], path: Path) -> xr.Dataset:
+def _dataset(group: Any, group_name: str, ids: list[str], path: Path | RemotePath) -> xr.Dataset:
     variables: dict[str, xr.Variable] = {}
     coordinates: set[str] = set()
     arrays = sorted(group.arrays(), key=lambda item: (_ORDER.index(item[0]) if item[0] in _ORDER else len(_ORDER),
@@ -414,7 +434,7 @@ def _dataset(group: Any, group_name: str, ids: list[str], path: Path) -> xr.Data
     return xr.Dataset(variables, coords=coords, attrs=_read_attrs(group.attrs))
 
 
-def read_zarr_tree(path: str | os.PathLike[str]) -> tuple[xr.DataTree, FileFacts]:
+def read_zarr_tree(path: str | os.PathLike[str] | RemotePath) -> tuple[xr.DataTree, FileFacts]:
     """The store's tree, lazily read and cut to its named samples, with what :func:`inspect_zarr` found.
 
     ``interpret_spectral.open_store("x.zarr")`` calls this, then checks the tree
@@ -428,7 +448,7 @@ def read_zarr_tree(path: str | os.PathLike[str]) -> tuple[xr.DataTree, FileFacts
     >>> tree["blocks.0.attn"]["q"].dims  # doctest: +SKIP
     ('sample', 'head', 'token', 'channel')
     """
-    path = Path(path)
+    path = location(path)
     facts = inspect_zarr(path)
     root = open_zarr_group(path)
     try:
@@ -445,7 +465,7 @@ def read_zarr_tree(path: str | os.PathLike[str]) -> tuple[xr.DataTree, FileFacts
     return tree, facts
 
 
-def zarr_layout(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, tuple[dict[str, Any], dict[str, Any]]]]:
+def zarr_layout(path: str | os.PathLike[str] | RemotePath) -> tuple[dict[str, Any], dict[str, tuple[dict[str, Any], dict[str, Any]]]]:
     """Root attributes, and per group its attributes and its arrays' ``(dtype, shape)``: no data read.
 
     What :func:`~interpret_spectral.store.shards.store_fingerprint` compares across shards.
@@ -456,7 +476,7 @@ def zarr_layout(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
     >>> groups["blocks.0.attn"][1]["q"]  # doctest: +SKIP
     ('float32', (4, 3, 17, 64))
     """
-    path = Path(path)
+    path = location(path)
     root = open_zarr_group(path)
     try:
         groups = {
