@@ -8,11 +8,11 @@ CLI joins it with ``--scheduler``.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from dask_cluster import local_client, tiny_vit
 
 pytest.importorskip("distributed")
 pytest.importorskip("timm")
@@ -24,26 +24,9 @@ N_IMAGES = 4
 PROBE = dict(image_size=96, batch_size=2, layers=[0, 5, -1], progress=False)  # 3 of the 12 sites: quick to open
 
 
-def tiny_vit():
-    """The same random-init ViT-Ti/16 in every process (pickled by value to the workers)."""
-    import timm
-    import torch
-
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=96, num_classes=0).eval()
-
-
 @pytest.fixture(scope="module")
 def client():
-    import cloudpickle
-    from distributed import Client, LocalCluster
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                           memory_limit=0, env={"OMP_NUM_THREADS": "1"})
-    with Client(cluster) as held:
-        yield held
-    cluster.close()
+    yield from local_client()
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ from interpret_spectral.runner._cluster import (
 )
 from interpret_spectral.store.atomic import partial_name, remove_path, replace_dir, replacing_file
 from interpret_spectral.store.shards import (
-    SHARD_FORMATS,
+    check_shard_format,
     create_sharded_store,
     plan_shards,
     remove_stale_partials,
@@ -344,8 +344,7 @@ def run_analyze(
         raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
     if isinstance(shard_size, bool) or int(shard_size) < 1:
         raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
-    if shard_format not in SHARD_FORMATS:
-        raise ValueError(f"shard_format must be one of {sorted(SHARD_FORMATS)}, got {shard_format!r}")
+    check_shard_format(shard_format)
     check_model(model)
     settings = AnalyzeSettings(graphs=tuple(graphs), n_components=n_components, solver=solver, heads=heads, seed=seed,
                                k=k, k_range=k_range, k_method=k_method, device=device)

@@ -32,7 +32,7 @@ from interpret_spectral.runner._cluster import (
 )
 from interpret_spectral.store.atomic import partial_name, remove_path, replace_dir, replacing_file
 from interpret_spectral.store.shards import (
-    SHARD_FORMATS,
+    check_shard_format,
     create_sharded_store,
     is_sharded_store,
     missing_shards,
@@ -214,8 +214,7 @@ def run_probe(
     40
     """
     check_model(model)
-    if shard_format not in SHARD_FORMATS:
-        raise ValueError(f"shard_format must be one of {sorted(SHARD_FORMATS)}, got {shard_format!r}")
+    check_shard_format(shard_format)
     check_connection(workers, scheduler, client)
     final = Path(out).expanduser()
     _check_target(final, resume, overwrite)

@@ -302,8 +302,8 @@ def decompose(
                 + _sample_bytes(tree, names, kind, itemsize))
     if return_contributions:  # the graphs kept for the contributions
         estimate += min(CONTRIBUTION_CACHE_BYTES, sum(
-            itemsize * (1 if heads == "concat" else site_heads(tree, name))
-            * (site_grid(tree, name)[0] * site_grid(tree, name)[1]) ** 2 for name in names))
+            itemsize * (1 if heads == "concat" else site_heads(tree, name)) * int(np.prod(site_grid(tree, name))) ** 2
+            for name in names))
     check_memory(estimate, f"decompose ({n} samples, output grid {out_grid}, {c} components, solver "
                  f"{solver_obj.name!r})", "pass a coarser grid=, fewer samples= or layers=, or solver options "
                  "that need less memory (method='lobpcg' never forms M)")
@@ -323,13 +323,14 @@ def decompose(
         start = time.perf_counter()
         kept = operator.keep_rows(CONTRIBUTION_CACHE_BYTES) if return_contributions else []
         try:
-            solution = solver_obj.solve(operator, c, seed=seed, **options)
+            try:
+                solution = solver_obj.solve(operator, c, seed=seed, **options)
+            except TypeError as error:
+                raise TypeError(
+                    f"{error}; see the docstring of decompose for the options of solver={solver_obj.name!r}"
+                ) from error
             if return_contributions:
                 _fill_contributions(contributions, row, operator, solution.vectors, names)
-        except TypeError as error:
-            raise TypeError(
-                f"{error}; see the docstring of decompose for the options of solver={solver_obj.name!r}"
-            ) from error
         finally:
             operator.drop_rows(kept)
         seconds = time.perf_counter() - start

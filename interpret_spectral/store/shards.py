@@ -51,6 +51,7 @@ __all__ = [
     "MANIFEST",
     "SHARDED_FORMAT",
     "SHARD_FORMATS",
+    "check_shard_format",
     "is_sharded_store",
     "shard_name",
     "shard_path",
@@ -87,7 +88,14 @@ def is_sharded_store(path: str | os.PathLike[str]) -> bool:
     return (location(path) / MANIFEST).is_file()
 
 
-def _shard_format(shard_format: str) -> str:
+def check_shard_format(shard_format: str) -> str:
+    """``shard_format`` itself, or a clear error when it is not one of :data:`SHARD_FORMATS`.
+
+    Examples
+    --------
+    >>> check_shard_format("zarr")
+    'zarr'
+    """
     if shard_format not in SHARD_FORMATS:
         raise ValueError(f"shard_format must be one of {sorted(SHARD_FORMATS)}, got {shard_format!r}")
     return shard_format
@@ -103,7 +111,7 @@ def shard_name(index: int, shard_format: str = "h5") -> str:
     """
     if int(index) < 0:
         raise ValueError(f"a shard index is >= 0, got {index}")
-    return f"shard-{int(index):05d}{SHARD_FORMATS[_shard_format(shard_format)]}"
+    return f"shard-{int(index):05d}{SHARD_FORMATS[check_shard_format(shard_format)]}"
 
 
 def shard_path(folder: str | os.PathLike[str], index: int, shard_format: str | None = None) -> Path:
@@ -148,7 +156,7 @@ def plan_shards(sample_ids: Sequence[str], shard_size: int, shard_format: str = 
     ids = [str(s) for s in sample_ids]
     if isinstance(shard_size, bool) or int(shard_size) < 1:
         raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
-    _shard_format(shard_format)
+    check_shard_format(shard_format)
     if not ids:
         raise ValueError("a sharded store needs at least one sample id")
     if len(set(ids)) != len(ids):
