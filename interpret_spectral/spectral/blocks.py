@@ -198,12 +198,15 @@ def blocked_topk(client: Any, query: torch.Tensor, key: torch.Tensor, n: int, k_
     per_block = block_images(n_images, per_chunk, workers, block_size, n)
     starts = list(range(0, n_images, per_block))
     keys = key.detach().cpu().contiguous().numpy()
-    key_future = client.scatter(keys, broadcast=True)
+    # hash=False: a key of its own for this call.  With content-hashed keys, the same array scattered
+    # by an earlier call whose futures were just released could be dropped under this call's tasks
+    # ("lost dependencies", seen in the suite).
+    key_future = client.scatter(keys, broadcast=True, hash=False)
     if _shares_storage(query, key):
         query_futures: list[Any] = [None] * len(starts)
     else:
         queries = query.detach().cpu().contiguous().numpy()
-        query_futures = client.scatter([queries[s * n:min(s + per_block, n_images) * n] for s in starts])
+        query_futures = client.scatter([queries[s * n:min(s + per_block, n_images) * n] for s in starts], hash=False)
     futures: list[Any] = [
         client.submit(_block_task, key_future, part, n, s, min(s + per_block, n_images), k_intra, k_inter,
                       per_chunk, pure=False)
